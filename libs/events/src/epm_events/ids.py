@@ -1,0 +1,81 @@
+"""Identifier rules and event-id derivation.
+
+Every id that ends up inside a NATS subject is validated here, before any
+subject is built, so a hostile or sloppy id can never widen a subscription
+(``*``, ``>``) or add subject tokens (``.``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+GLOBAL_TENANT = "_global"
+"""Reserved tenant for MSP-wide aggregates (global rules, MSP tokens, audit checkpoints)."""
+
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_DEVICE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_NAME_RE = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+
+# Fixed namespace so derived ids are the same on every machine and every run.
+EPM_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-5e4f-9a10-2c3d4e5f6a7b")
+
+
+class InvalidId(ValueError):
+    """An id that may not be used (in a subject or at all). The message says why."""
+
+
+def validate_tenant(tenant: str, *, allow_global: bool = True) -> str:
+    if allow_global and tenant == GLOBAL_TENANT:
+        return tenant
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidId(
+            f"invalid tenant id {tenant!r}: use 1-63 characters of lowercase letters, digits "
+            "and '-', starting with a letter or digit (for example 'acme-corp')"
+        )
+    return tenant
+
+
+def validate_device(device: str) -> str:
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise InvalidId(
+            f"invalid device id {device!r}: use 1-63 characters of lowercase letters, digits "
+            "and '-', starting with a letter or digit"
+        )
+    return device
+
+
+def validate_token(value: str, what: str = "id") -> str:
+    """A generic subject-safe token: aggregate ids, service and command names."""
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise InvalidId(
+            f"invalid {what} {value!r}: use 1-128 characters of letters, digits, '_' and '-'"
+        )
+    return value
+
+
+def validate_event_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidId(f"invalid event name {name!r}: expected a CamelCase name like 'Approved'")
+    return name
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def derived_event_id(source_id: str, event_name: str) -> str:
+    """A deterministic id for an event derived from another message.
+
+    ``source_id`` is the source message id or e.g. ``"<device>:<sequence>"``; a
+    service that crashes mid-batch and reprocesses publishes the same id again,
+    so JetStream's duplicate window and the projections' processed-id tables
+    both recognise it.
+    """
+    return str(uuid.uuid5(EPM_NAMESPACE, f"{source_id}\x1f{event_name}"))
+
+
+def new_id(prefix: str) -> str:
+    """A short random id for new aggregates, e.g. ``req-3f9a...``."""
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"

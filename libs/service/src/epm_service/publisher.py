@@ -1,0 +1,102 @@
+"""Publishing domain events: bulk with publish_async, commands with optimistic concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from epm_events.catalog import Event
+from epm_events.codec import encode
+from epm_events.envelope import Envelope, new_envelope, subject_of
+from epm_events.streams import EVENTS
+from epm_events.subjects import aggregate_filter
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+WRONG_LAST_SEQUENCE = 10071
+
+
+class ConcurrencyConflict(Exception):
+    """Someone appended to the aggregate first; reload and decide again (or report 409)."""
+
+    def __init__(self, aggregate: str, expected: int) -> None:
+        super().__init__(f"{aggregate} changed since sequence {expected}")
+        self.aggregate = aggregate
+        self.expected = expected
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    envelope: Envelope
+    seq: int
+    duplicate: bool
+
+
+class EventPublisher:
+    def __init__(self, js: JetStreamContext, source: str) -> None:
+        self.js = js
+        self.source = source
+
+    def envelope(self, event: Event, tenant: str, id: str | None = None) -> Envelope:
+        return new_envelope(event, tenant=tenant, source=self.source, id=id)
+
+    async def append(
+        self,
+        tenant: str,
+        events: Sequence[Event],
+        expected_last_seq: int,
+        ids: Sequence[str | None] | None = None,
+    ) -> list[Appended]:
+        """Append events of ONE aggregate, only if its last sequence is still ``expected_last_seq``.
+
+        Both expected-last-subject-sequence headers are sent, with the aggregate's
+        wildcard subject, so appends of *different* event types race correctly:
+        exactly one of N concurrent appends with the same expectation succeeds.
+        ``0`` means "the aggregate must not exist yet".
+        """
+        if not events:
+            return []
+        first = events[0]
+        filt = aggregate_filter(tenant, first.AGGREGATE, first.aggregate_id)
+        out: list[Appended] = []
+        expected = expected_last_seq
+        for i, event in enumerate(events):
+            if (event.AGGREGATE, event.aggregate_id) != (first.AGGREGATE, first.aggregate_id):
+                raise ValueError("append() takes events of one aggregate")
+            env = self.envelope(event, tenant, ids[i] if ids else None)
+            headers = {
+                MSG_ID: env.id,
+                EXPECTED_LAST_SUBJECT_SEQ: str(expected),
+                EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: filt,
+            }
+            try:
+                ack = await self.js.publish(
+                    subject_of(env), encode(env), headers=headers, stream=EVENTS.name
+                )
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise ConcurrencyConflict(filt, expected) from None
+                raise
+            out.append(Appended(env, ack.seq, bool(ack.duplicate)))
+            expected = ack.seq
+        return out
+
+    async def publish(self, envelopes: Sequence[Envelope], window: int = 5000) -> list[int]:
+        """Publish many envelopes with publish_async; returns their stream sequences in order."""
+        seqs: list[int] = []
+        futures: list[asyncio.Future] = []  # type: ignore[type-arg]
+        for env in envelopes:
+            fut = await self.js.publish_async(
+                subject_of(env), encode(env), headers={MSG_ID: env.id}
+            )
+            futures.append(fut)
+            if len(futures) >= window:
+                seqs.extend(a.seq for a in await asyncio.gather(*futures))
+                futures = []
+        if futures:
+            seqs.extend(a.seq for a in await asyncio.gather(*futures))
+        return seqs

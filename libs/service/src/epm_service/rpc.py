@@ -1,0 +1,112 @@
+"""Commands over NATS request/reply: ``epm.rpc.<service>.<command>``.
+
+A service registers one table ``{command name: handler}``; the server runs each
+request in its own task (a slow command never blocks the next), and replies
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {status, title, detail}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from epm_events.ids import InvalidId
+from epm_events.subjects import rpc_service_filter, rpc_subject
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from epm_service.errors import CommandError, Invalid, Unavailable
+from epm_service.metrics import RPC_SECONDS
+from epm_service.principal import Principal
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[dict[str, Any], Principal], Awaitable[Any]]
+
+
+class RpcServer:
+    def __init__(self, nc: Client, service: str, handlers: Mapping[str, CommandHandler]) -> None:
+        self.nc = nc
+        self.service = service
+        self.handlers = dict(handlers)
+        self._sub: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(
+            rpc_service_filter(self.service), queue=self.service, cb=self._on_msg
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        command = msg.subject.rsplit(".", 1)[-1]
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            handler = self.handlers.get(command)
+            if handler is None:
+                raise CommandError(f"{self.service} has no command {command!r}", status=404)
+            body = orjson.loads(msg.data) if msg.data else {}
+            principal = Principal.from_dict(body["principal"])
+            result = await handler(body.get("args") or {}, principal)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except CommandError as exc:
+            outcome = "refused"
+            reply = {"ok": False, "error": exc.to_dict()}
+        except InvalidId as exc:
+            outcome = "refused"
+            reply = {"ok": False, "error": Invalid(str(exc)).to_dict()}
+        except Exception as exc:
+            outcome = "error"
+            log.exception("command failed", extra={"command": command, "service": self.service})
+            reply = {
+                "ok": False,
+                "error": {
+                    "status": 500,
+                    "title": "Internal error",
+                    "detail": f"{type(exc).__name__}: {exc}",
+                },
+            }
+        RPC_SECONDS.labels(self.service, command, outcome).observe(time.perf_counter() - started)
+        if msg.reply:
+            await self.nc.publish(msg.reply, orjson.dumps(reply, default=str))
+
+
+async def call(
+    nc: Client,
+    service: str,
+    command: str,
+    args: dict[str, Any],
+    principal: Principal,
+    timeout: float = 10.0,
+) -> Any:
+    """Send a command; returns its result or raises the CommandError it answered with."""
+    payload = orjson.dumps({"args": args, "principal": principal.to_dict()}, default=str)
+    try:
+        msg = await nc.request(rpc_subject(service, command), payload, timeout=timeout)
+    except NoRespondersError:
+        raise Unavailable(
+            f"{service} is not running; start it (epm dev starts everything)"
+        ) from None
+    except NatsTimeout:
+        raise Unavailable(f"{service} did not answer within {timeout:g}s; try again") from None
+    reply = orjson.loads(msg.data)
+    if reply.get("ok"):
+        return reply.get("result")
+    raise CommandError.from_dict(reply.get("error") or {})

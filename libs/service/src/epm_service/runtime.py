@@ -1,0 +1,132 @@
+"""Wires a service definition to NATS, its projections, its commands and its health endpoint.
+
+A service is declared, not programmed: a name, its projections, and a
+function that builds its command table from the context (the bootstrap of
+cosmicpython). ``run_service`` does the rest and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from epm_events.envelope import service_source
+from epm_events.streams import ALL_STREAMS
+
+from epm_service.bus import Bus, connect
+from epm_service.health import HealthServer
+from epm_service.jsonlog import setup_logging
+from epm_service.projection import Projection, Projector
+from epm_service.publisher import EventPublisher
+from epm_service.rpc import CommandHandler, RpcServer
+from epm_service.settings import Settings
+from epm_service.streams import check_streams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What handlers get injected: settings, the bus, the publisher, the projectors."""
+
+    name: str
+    settings: Settings
+    bus: Bus
+    publisher: EventPublisher
+    projectors: dict[str, Projector] = field(default_factory=dict)
+
+    def projector(self, name: str) -> Projector:
+        return self.projectors[name]
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    projections: Sequence[Callable[[ServiceContext], Projection]] = ()
+    commands: Callable[[ServiceContext], Mapping[str, CommandHandler]] = lambda ctx: {}
+    on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
+    streams: tuple[str, ...] = tuple(s.name for s in ALL_STREAMS)
+
+
+class RunningService:
+    def __init__(self, ctx: ServiceContext, rpc: RpcServer, tasks: list[asyncio.Task[Any]]) -> None:
+        self.ctx = ctx
+        self.rpc = rpc
+        self.tasks = tasks
+
+    def ready(self) -> tuple[bool, str]:
+        nc = self.ctx.bus.nc
+        if not nc.is_connected:
+            return False, "not connected to NATS"
+        for name, p in self.ctx.projectors.items():
+            if not p.caught_up:
+                return False, f"projection {name} is catching up"
+        return True, ""
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await self.rpc.stop()
+        for p in self.ctx.projectors.values():
+            await p.stop()
+        await self.ctx.bus.close()
+
+
+async def start_service(defn: ServiceDefinition, settings: Settings) -> RunningService:
+    bus = await connect(settings, name=defn.name)
+    await check_streams(bus.js, defn.streams)
+    ctx = ServiceContext(
+        name=defn.name,
+        settings=settings,
+        bus=bus,
+        publisher=EventPublisher(bus.js, service_source(defn.name)),
+    )
+    for make in defn.projections:
+        projection = make(ctx)
+        projector = Projector(
+            bus.js,
+            projection,
+            settings.db_path(f"{defn.name}-{projection.name}"),
+            service=defn.name,
+        )
+        ctx.projectors[projection.name] = projector
+        await projector.start()
+    rpc = RpcServer(bus.nc, defn.name, defn.commands(ctx))
+    await rpc.start()
+    if defn.on_start is not None:
+        await defn.on_start(ctx)
+    return RunningService(ctx, rpc, [])
+
+
+async def run_service(defn: ServiceDefinition, settings: Settings | None = None) -> None:
+    """Run until SIGTERM/SIGINT; health on ``EPM_HEALTH_PORT``."""
+    settings = settings or Settings()
+    setup_logging(defn.name, settings.log_level)
+    running = await start_service(defn, settings)
+    health = HealthServer(settings.http_host, settings.health_port, running.ready)
+    port = await health.start()
+    log.info("service started", extra={"health_port": port, "nats_url": settings.nats_url})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await health.stop()
+    with contextlib.suppress(Exception):
+        await running.stop()
+    log.info("stopped")
+
+
+def main(defn: ServiceDefinition) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(run_service(defn))
+    except ImportError:  # pragma: no cover
+        asyncio.run(run_service(defn))

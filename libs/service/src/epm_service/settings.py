@@ -1,0 +1,50 @@
+"""Settings from ``EPM_*`` environment variables (flags override by setting them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """``30s``, ``10m``, ``4d`` or plain seconds -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. '4d'")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EPM_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds: str | None = None
+    data_dir: Path = Path(".epm")
+    stream_replicas: int = 1
+    request_ttl: float = 4 * 86400
+    master_key: str | None = None
+    smtp_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    health_port: int = 0  # 0: a free port (written to the log)
+    log_level: str = "INFO"
+    public_url: str = "http://127.0.0.1:8080"
+    bootstrap_token_file: Path | None = None
+
+    @field_validator("request_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: str | float) -> float:
+        return parse_duration(v)
+
+    def db_path(self, name: str) -> Path:
+        return self.data_dir / f"{name}.sqlite"

@@ -1,0 +1,1 @@
+"""epm_request."""
