@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from epm_service.bus import Bus, connect
 from epm_service.natsserver import NatsServer
 from epm_service.settings import Settings

@@ -24,7 +24,9 @@ class Tenants(Projection):
 async def test_projection_applies_published_events(bus: Bus, tmp_path: Path) -> None:
     pub = EventPublisher(bus.js, "/epm/test")
     for i in range(3):
-        await pub.append(f"t{i}", [TenantCreated(tenant_id=f"t{i}", name=f"T{i}", created_by="x")], 0)
+        await pub.append(
+            f"t{i}", [TenantCreated(tenant_id=f"t{i}", name=f"T{i}", created_by="x")], 0
+        )
     p = Projector(bus.js, Tenants(), tmp_path / "p.sqlite", service="test")
     await p.start()
     await p.wait_caught_up(5)

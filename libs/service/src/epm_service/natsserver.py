@@ -46,8 +46,12 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
-                  proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = 15.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -62,15 +66,20 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
     raise NatsServerError(f"nothing answered on {host}:{port} within {timeout:g}s")
 
 
-def nats_command(port: int, store_dir: Path, host: str = "127.0.0.1",
-                 extra: list[str] | None = None) -> list[str]:
+def nats_command(
+    port: int, store_dir: Path, host: str = "127.0.0.1", extra: list[str] | None = None
+) -> list[str]:
     return [
         nats_server_binary(),
-        "--addr", host,
-        "--port", str(port),
+        "--addr",
+        host,
+        "--port",
+        str(port),
         "--jetstream",
-        "--store_dir", str(store_dir),
-        "--server_name", "epm-dev",
+        "--store_dir",
+        str(store_dir),
+        "--server_name",
+        "epm-dev",
         *(extra or []),
     ]
 
@@ -78,8 +87,14 @@ def nats_command(port: int, store_dir: Path, host: str = "127.0.0.1",
 class NatsServer:
     """A nats-server child process; ``with NatsServer(dir) as s: s.url``."""
 
-    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1",
-                 log_file: Path | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port(host)
         self.host = host
@@ -96,7 +111,8 @@ class NatsServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             nats_command(self.port, self.store_dir, self.host, self.extra),
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for_port(self.port, self.host, proc=self.proc)

@@ -1,0 +1,108 @@
+"""``epm``: the operator/technician CLI, the dev supervisor and the service entrypoint."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+
+from epm_cli.services import SERVICES, runner
+
+app = typer.Typer(
+    help="EPM: endpoint privilege management for MSPs. Every command accepts --json.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+streams_app = typer.Typer(help="JetStream streams.", no_args_is_help=True)
+events_app = typer.Typer(help="The event contract and the event stream.", no_args_is_help=True)
+app.add_typer(streams_app, name="streams")
+app.add_typer(events_app, name="events")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")]
+
+
+def emit(obj: object, as_json: bool, human: str | None = None) -> None:
+    if as_json or human is None:
+        sys.stdout.write(
+            orjson.dumps(obj, option=orjson.OPT_INDENT_2 if not as_json else 0).decode() + "\n"
+        )
+    else:
+        typer.echo(human)
+
+
+def fail(message: str, as_json: bool, code: int = 1) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps({"error": message}).decode() + "\n")
+    else:
+        typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}")],
+) -> None:
+    """Run one EPM process in the foreground (the container entrypoint uses this)."""
+    if name not in SERVICES:
+        fail(f"unknown service {name!r}; choose one of {', '.join(SERVICES)}", False, 2)
+    runner(name)()
+
+
+@streams_app.command("apply")
+def streams_apply(
+    nats_url: Annotated[
+        str | None, typer.Option(envvar="EPM_NATS_URL", help="NATS server URL")
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(envvar="EPM_STREAM_REPLICAS", help="Replicas (1 locally, 3 on Kubernetes)"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create or update the EPM streams (idempotent)."""
+    from epm_service.bus import connect
+    from epm_service.settings import Settings
+    from epm_service.streams import apply_streams
+
+    settings = Settings()
+    if nats_url:
+        settings.nats_url = nats_url
+    if replicas:
+        settings.stream_replicas = replicas
+
+    async def go() -> list[tuple[str, str]]:
+        bus = await connect(settings, name="epm-streams-apply", max_reconnect_attempts=3)
+        try:
+            return await apply_streams(bus.js, settings.stream_replicas)
+        finally:
+            await bus.close()
+
+    try:
+        done = asyncio.run(go())
+    except Exception as exc:
+        fail(f"could not apply streams at {settings.nats_url}: {exc}", as_json)
+        return
+    emit(
+        {"streams": [{"name": n, "action": a} for n, a in done]},
+        as_json,
+        "\n".join(f"{n}: {a}" for n, a in done),
+    )
+
+
+@events_app.command("asyncapi")
+def events_asyncapi() -> None:
+    """Print the AsyncAPI 3 document of the event contract (generated from the code)."""
+    from epm_events.asyncapi import asyncapi_document
+
+    sys.stdout.write(orjson.dumps(asyncapi_document(), option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from epm_approval.app import run
+
+run()

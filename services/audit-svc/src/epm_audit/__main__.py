@@ -1,0 +1,3 @@
+from epm_audit.app import run
+
+run()

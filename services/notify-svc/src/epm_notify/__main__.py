@@ -1,0 +1,3 @@
+from epm_notify.app import run
+
+run()

@@ -1,0 +1,3 @@
+from epm_request.app import run
+
+run()
