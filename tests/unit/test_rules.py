@@ -3,7 +3,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from epm_approval.rules import EmptyRule, Rule, RuleIndex, draft_from_request
 from epm_events.catalog import AppInfo, RuleMatch
 from epm_events.ids import GLOBAL_TENANT

@@ -57,10 +57,7 @@ class _Compiled:
         for name, want in self.exact:
             if values[name] != want:
                 return False
-        for name, pattern in self.patterns:
-            if pattern.fullmatch(values[name]) is None:
-                return False
-        return True
+        return all(pattern.fullmatch(values[name]) is not None for name, pattern in self.patterns)
 
 
 def _compile(rule: Rule) -> _Compiled:
