@@ -1,0 +1,190 @@
+"""The elevation request aggregate: ``decide(state, command) -> events``, ``evolve(state, event)``.
+
+No I/O. The caller appends the returned events with the aggregate's last
+sequence as the expectation, so "first decision wins" holds across replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import singledispatch
+from typing import Literal
+
+from epm_events.catalog import (
+    Actor,
+    AppInfo,
+    Approved,
+    Denied,
+    Event,
+    RequestCreated,
+    RequestExpired,
+    Scope,
+)
+
+Status = Literal["open", "approved", "denied", "expired"]
+STATUSES: tuple[Status, ...] = ("open", "approved", "denied", "expired")
+
+
+class RequestError(Exception):
+    """A command the request's current state refuses; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: Literal["approve", "deny"]
+    scope: Scope
+    by: Actor
+    at: datetime
+    rule_id: str | None = None
+    grant_id: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: str
+    tenant: str
+    device_id: str
+    user: str
+    app: AppInfo
+    reason: str
+    created_at: datetime
+    expires_at: datetime
+    status: Status = "open"
+    decision: Decision | None = None
+    expired_at: datetime | None = None
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def create(
+    *,
+    request_id: str,
+    device_id: str,
+    user: str,
+    app: AppInfo,
+    reason: str,
+    now: datetime,
+    ttl: timedelta,
+) -> RequestCreated:
+    return RequestCreated(
+        request_id=request_id,
+        device_id=device_id,
+        user=user,
+        app=app,
+        reason=reason,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+
+
+def decide(
+    request: Request,
+    *,
+    decision: Literal["approve", "deny"],
+    scope: Scope,
+    by: Actor,
+    now: datetime,
+    rule_id: str | None = None,
+    grant_id: str | None = None,
+    reason: str = "",
+) -> Approved | Denied:
+    _require_open(request, now)
+    if decision == "approve":
+        return Approved(
+            request_id=request.id,
+            scope=scope,
+            by=by,
+            rule_id=rule_id,
+            grant_id=grant_id,
+            reason=reason,
+        )
+    return Denied(request_id=request.id, scope=scope, by=by, rule_id=rule_id, reason=reason)
+
+
+def expire(request: Request, now: datetime) -> RequestExpired | None:
+    """The expiry due at ``now``, or None if the request is decided or not due yet."""
+    if request.status != "open" or now < request.expires_at:
+        return None
+    return RequestExpired(request_id=request.id)
+
+
+def _require_open(request: Request, now: datetime) -> None:
+    if request.status == "expired" or (request.status == "open" and now >= request.expires_at):
+        raise RequestError(
+            "expired",
+            f"request {request.id} expired at {request.expires_at.isoformat()}; "
+            "the user must ask again",
+        )
+    if request.status != "open":
+        d = request.decision
+        who = f" by {d.by.id}" if d else ""
+        raise RequestError(
+            "already_decided", f"request {request.id} was already {request.status}{who}"
+        )
+
+
+# --- state ----------------------------------------------------------------------
+
+
+def evolve(state: Request | None, event: Event, tenant: str, at: datetime) -> Request:
+    """The request after ``event``; ``at`` is when the event was recorded."""
+    return _evolve(event, state, tenant, at)
+
+
+@singledispatch
+def _evolve(event: Event, state: Request | None, tenant: str, at: datetime) -> Request:
+    raise TypeError(f"{type(event).__name__} is not a request event")
+
+
+@_evolve.register
+def _(event: RequestCreated, state: Request | None, tenant: str, at: datetime) -> Request:
+    return Request(
+        id=event.request_id,
+        tenant=tenant,
+        device_id=event.device_id,
+        user=event.user,
+        app=event.app,
+        reason=event.reason,
+        created_at=event.created_at,
+        expires_at=event.expires_at,
+    )
+
+
+@_evolve.register
+def _(event: Approved, state: Request | None, tenant: str, at: datetime) -> Request:
+    assert state is not None
+    return replace(state, status="approved", decision=_decision("approve", event, at))
+
+
+@_evolve.register
+def _(event: Denied, state: Request | None, tenant: str, at: datetime) -> Request:
+    assert state is not None
+    return replace(state, status="denied", decision=_decision("deny", event, at))
+
+
+@_evolve.register
+def _(event: RequestExpired, state: Request | None, tenant: str, at: datetime) -> Request:
+    assert state is not None
+    return replace(state, status="expired", expired_at=at)
+
+
+def _decision(kind: Literal["approve", "deny"], e: Approved | Denied, at: datetime) -> Decision:
+    return Decision(
+        decision=kind,
+        scope=e.scope,
+        by=e.by,
+        at=at,
+        rule_id=e.rule_id,
+        grant_id=getattr(e, "grant_id", None),
+        reason=e.reason,
+    )
+
+
+REQUEST_EVENTS: tuple[type[Event], ...] = (RequestCreated, Approved, Denied, RequestExpired)
