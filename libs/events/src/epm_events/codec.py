@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from epm_events.catalog import EVENT_TYPES, Event
 from epm_events.envelope import Envelope
-from epm_events.upcasters import upcast
+from epm_events.upcasters import UPCASTERS, upcast
 
 MAX_EVENT_BYTES = 256 * 1024
 """Largest event accepted; far below NATS' 1 MB payload limit."""
@@ -67,12 +67,14 @@ def event_of(env: Envelope) -> Event:
         )
     data = env.data
     if version < cls.VERSION:
-        try:
-            data = upcast(name, version, cls.VERSION, data)
-        except KeyError:
+        # A missing link is checked up front: a KeyError raised *inside* an upcaster means
+        # the old event lacks a field (invalid data), not that the upcaster is missing.
+        if any((name, v) not in UPCASTERS for v in range(version, cls.VERSION)):
             raise DecodeError(
                 "unsupported_version", f"no upcaster from {env.type} to v{cls.VERSION}"
-            ) from None
+            )
+        try:
+            data = upcast(name, version, cls.VERSION, data)
         except Exception as exc:  # an old event that does not fit its own old schema
             raise DecodeError("invalid_data", f"cannot upcast {env.type}: {exc}") from None
     try:

@@ -1,0 +1,72 @@
+"""Ids that end up in NATS subjects are validated before any subject is built."""
+
+from __future__ import annotations
+
+import pytest
+from epm_events.ids import (
+    GLOBAL_TENANT,
+    InvalidId,
+    derived_event_id,
+    new_event_id,
+    validate_device,
+    validate_tenant,
+    validate_token,
+)
+
+
+@pytest.mark.parametrize("good", ["acme", "acme-corp", "a", "0day", "t1-2-3"])
+def test_subject_safe_tenant_ids_are_accepted(good: str) -> None:
+    assert validate_tenant(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["acme.corp", "acme*", "acme>", ">", "*", "acme corp", "Acme", "ACME", "", "-acme", "a" * 64],
+)
+def test_tenant_ids_that_could_widen_or_split_a_subject_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidId) as err:
+        validate_tenant(bad)
+    message = str(err.value)
+    assert repr(bad) in message
+    assert "lowercase letters, digits and '-'" in message  # it says what to use instead
+
+
+def test_global_tenant_is_reserved_for_msp_wide_aggregates_only() -> None:
+    assert validate_tenant(GLOBAL_TENANT) == GLOBAL_TENANT
+    with pytest.raises(InvalidId):
+        validate_tenant(GLOBAL_TENANT, allow_global=False)
+
+
+@pytest.mark.parametrize("bad", ["pc.1", "pc*", "pc>", "pc 1", "PC1", ""])
+def test_device_ids_that_are_not_subject_safe_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidId, match="invalid device id"):
+        validate_device(bad)
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a*", "a>", "a b", "", "x" * 129])
+def test_tokens_that_are_not_subject_safe_are_refused_with_what_they_are(bad: str) -> None:
+    with pytest.raises(InvalidId, match="invalid aggregate id"):
+        validate_token(bad, "aggregate id")
+
+
+def test_tokens_allow_mixed_case_underscore_and_dash() -> None:
+    assert validate_token("Req_01-ab", "aggregate id") == "Req_01-ab"
+
+
+def test_derived_event_id_is_deterministic() -> None:
+    assert derived_event_id("dev-1:42", "ElevationPerformed") == derived_event_id(
+        "dev-1:42", "ElevationPerformed"
+    )
+
+
+def test_derived_event_id_differs_per_event_name_and_per_source() -> None:
+    ids = {
+        derived_event_id("dev-1:42", "ElevationPerformed"),
+        derived_event_id("dev-1:42", "SecurityAlertRaised"),
+        derived_event_id("dev-1:43", "ElevationPerformed"),
+    }
+    assert len(ids) == 3
+
+
+def test_new_event_ids_are_unique() -> None:
+    assert len({new_event_id() for _ in range(1000)}) == 1000
