@@ -130,6 +130,17 @@ class EnrollmentTokenCreated(Event):
     created_by: str
 
 
+class EnrollmentTokenUsed(Event):
+    """The one use of an enrollment token; appended with the token's last sequence
+    as expectation, so two devices racing with one token cannot both enroll."""
+
+    NAME = "EnrollmentTokenUsed"
+    AGGREGATE = "enrollment"
+    ID_FIELD = "enrollment_id"
+    enrollment_id: str
+    device_id: str
+
+
 class DeviceEnrolled(Event):
     NAME = "DeviceEnrolled"
     AGGREGATE = "device"
@@ -404,6 +415,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     TokenIssued,
     TokenRevoked,
     EnrollmentTokenCreated,
+    EnrollmentTokenUsed,
     DeviceEnrolled,
     DeviceRevoked,
     DeviceKeyRotated,

@@ -79,3 +79,9 @@ def derived_event_id(source_id: str, event_name: str) -> str:
 def new_id(prefix: str) -> str:
     """A short random id for new aggregates, e.g. ``req-3f9a...``."""
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+def request_id_for(msg_id: str) -> str:
+    """The request id of an agent's ElevationRequested message, derived from its message id,
+    so a redelivered or re-sent message names the same request (agent and server agree)."""
+    return "req-" + uuid.uuid5(EPM_NAMESPACE, f"request\x1f{msg_id}").hex[:24]

@@ -1,0 +1,57 @@
+"""What agents publish on ``epm.agent.<tenant>.<device>.<Name>`` (untrusted ingress).
+
+Agent messages are CloudEvents too (source ``/agents/<tenant>/<device>``),
+but they are *claims*, not domain events: request-svc authenticates them and
+turns them into domain events. Each carries ``Nats-Msg-Id`` and
+``Epm-Signature``: Ed25519 by the device key over ``signing_bytes``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from epm_events.catalog import AppInfo, Model
+
+SIGNATURE_HEADER = "Epm-Signature"
+REPLY_HEADER = "Epm-Reply-To"
+"""Where an online agent waits for the answer: a subject under its inbox prefix.
+
+The message itself goes to EPM_AGENT (so it is never lost), which answers the
+NATS reply subject with its PubAck; the decision is sent to this subject."""
+
+_SIGNING_DOMAIN = b"epm-agent-signature-v1"
+
+
+def signing_bytes(subject: str, msg_id: str, body: bytes) -> bytes:
+    """Length-prefixed so no two (subject, id, body) triples share signing bytes."""
+    parts = (_SIGNING_DOMAIN, subject.encode(), msg_id.encode(), body)
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+class AgentMessage(Model):
+    NAME: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+class ElevationRequested(AgentMessage):
+    """The user tried something that needs elevation and gives a reason."""
+
+    NAME = "ElevationRequested"
+    user: str = Field(min_length=1, max_length=256)
+    app: AppInfo
+    reason: str = Field(default="", max_length=2000)
+
+
+AGENT_MESSAGES: dict[str, type[AgentMessage]] = {m.NAME: m for m in (ElevationRequested,)}
+
+
+class RequestAnswer(Model):
+    """The answer to ElevationRequested, on the reply subject and on EPM_DEVICE."""
+
+    request_id: str
+    status: Literal["open", "approved", "denied", "expired"]
+    decided_by: str | None = None  # "rule:<id>", "grant:<id>", "technician:<name>", "system"
+    rule_id: str | None = None
+    scope: str | None = None
