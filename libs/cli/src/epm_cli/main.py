@@ -9,7 +9,10 @@ from typing import Annotated
 import orjson
 import typer
 
+from epm_cli.dev.command import dev
+from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.services import SERVICES, runner
+from epm_cli.technician import tenant, token
 
 app = typer.Typer(
     help="EPM: endpoint privilege management for MSPs. Every command accepts --json.",
@@ -18,27 +21,11 @@ app = typer.Typer(
 )
 streams_app = typer.Typer(help="JetStream streams.", no_args_is_help=True)
 events_app = typer.Typer(help="The event contract and the event stream.", no_args_is_help=True)
+app.command(name="dev")(dev)
+app.add_typer(tenant.app, name="tenant")
+app.add_typer(token.app, name="token")
 app.add_typer(streams_app, name="streams")
 app.add_typer(events_app, name="events")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")]
-
-
-def emit(obj: object, as_json: bool, human: str | None = None) -> None:
-    if as_json or human is None:
-        sys.stdout.write(
-            orjson.dumps(obj, option=orjson.OPT_INDENT_2 if not as_json else 0).decode() + "\n"
-        )
-    else:
-        typer.echo(human)
-
-
-def fail(message: str, as_json: bool, code: int = 1) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps({"error": message}).decode() + "\n")
-    else:
-        typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -84,7 +71,6 @@ def streams_apply(
         done = asyncio.run(go())
     except Exception as exc:
         fail(f"could not apply streams at {settings.nats_url}: {exc}", as_json)
-        return
     emit(
         {"streams": [{"name": n, "action": a} for n, a in done]},
         as_json,

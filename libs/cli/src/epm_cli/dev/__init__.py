@@ -1,0 +1,1 @@
+"""``epm dev``: the whole stack on this machine, supervised."""

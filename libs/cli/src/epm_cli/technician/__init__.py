@@ -1,0 +1,1 @@
+"""The technician/operator commands of ``epm``, over the gateway's HTTP API."""
