@@ -42,7 +42,8 @@ class AppliedLog(Projection):
 
     def on_tenant_created(self, conn: sqlite3.Connection, e: TenantCreated, at: Applied) -> None:
         conn.execute(
-            "INSERT INTO applied (event_id, seq, name) VALUES (?, ?, ?)", (at.env.id, at.seq, e.name)
+            "INSERT INTO applied (event_id, seq, name) VALUES (?, ?, ?)",
+            (at.env.id, at.seq, e.name),
         )
         if at.seq == self.hold_at and self.marker is not None:
             self.marker.touch()

@@ -182,12 +182,14 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
         self._target = 0
+        self._last_seq = 0
 
     # --- lifecycle --------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.position = await loop.run_in_executor(self._writer, self._open)
+        self._last_seq = self.position
         PROJECTION_POSITION.labels(self.projection.name).set(self.position)
         info = await self.js.stream_info(self.stream)
         self._target = info.state.last_seq
@@ -206,6 +208,13 @@ class Projector:
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )
+        if not self._caught_up.is_set():
+            # A filter may match nothing (more) in the stream: then no message ever arrives
+            # with pending == 0 to say so. Ask the consumer whether anything is on its way.
+            cinfo = await self._sub.consumer_info()
+            delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
+            if not cinfo.num_pending and not delivered:
+                self._caught_up.set()
         log.info(
             "projection started",
             extra={
@@ -263,6 +272,11 @@ class Projector:
 
     async def _on_msg(self, msg: Msg) -> None:
         seq, ts_ns, pending = parse_ack_reply(msg.reply)
+        if seq <= self._last_seq:
+            # nats-py resets an ordered consumer that lost its place at "last seen + 1", and
+            # before the first message that is sequence 1: never hand the writer the past twice.
+            return
+        self._last_seq = seq
         hdrs = msg.headers
         self._buf.append(
             StoredMsg(

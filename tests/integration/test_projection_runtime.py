@@ -1,0 +1,130 @@
+"""The projector's life cycle: caught up, live updates, backpressure, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from epm_events.catalog import TenantCreated
+from epm_events.subjects import tenant_events_filter
+from epm_service.bus import Bus
+from epm_service.projection import Projector
+from epm_service.publisher import EventPublisher
+
+from tests.integration.projector_child import AppliedLog
+
+
+def tenants(n: int, start: int = 0) -> list[TenantCreated]:
+    return [
+        TenantCreated(tenant_id=f"t{i}", name=f"T{i}", created_by="test")
+        for i in range(start, start + n)
+    ]
+
+
+async def publish(bus: Bus, events: list[TenantCreated]) -> list[int]:
+    pub = EventPublisher(bus.js, "/epm/test")
+    return await pub.publish([pub.envelope(e, e.tenant_id) for e in events])
+
+
+async def applied_count(p: Projector) -> int:
+    return int(await p.read(lambda c: c.execute("SELECT count(*) FROM applied").fetchone()[0]))
+
+
+async def test_projector_on_an_empty_stream_is_caught_up_at_once(bus: Bus, tmp_path: Path) -> None:
+    p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        assert p.caught_up
+        assert p.position == 0
+    finally:
+        await p.stop()
+
+
+async def test_projector_catches_up_with_what_was_there_then_follows_live_events(
+    bus: Bus, tmp_path: Path
+) -> None:
+    seqs = await publish(bus, tenants(1000))
+    p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test", max_batch=100)
+    await p.start()
+    try:
+        await p.wait_caught_up(10)
+        assert p.position == seqs[-1]
+        assert await applied_count(p) == 1000
+        more = await publish(bus, tenants(10, start=1000))
+        assert await p.wait_for(more[-1], timeout=10)
+        assert await applied_count(p) == 1010
+    finally:
+        await p.stop()
+
+
+async def test_projector_whose_filter_matches_nothing_is_caught_up(
+    bus: Bus, tmp_path: Path
+) -> None:
+    await publish(bus, tenants(5))
+    p = Projector(
+        bus.js,
+        AppliedLog(),
+        tmp_path / "p.sqlite",
+        service="test",
+        filter_subject=tenant_events_filter("nobody"),
+    )
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        assert await applied_count(p) == 0
+    finally:
+        await p.stop()
+
+
+async def test_projector_restarted_resumes_after_its_checkpoint(bus: Bus, tmp_path: Path) -> None:
+    db = tmp_path / "p.sqlite"
+    first = await publish(bus, tenants(300))
+    p = Projector(bus.js, AppliedLog(), db, service="test")
+    await p.start()
+    await p.wait_caught_up(10)
+    await p.stop()
+    second = await publish(bus, tenants(200, start=300))
+    p = Projector(bus.js, AppliedLog(), db, service="test")
+    await p.start()
+    try:
+        assert p.position == first[-1]
+        await p.wait_caught_up(10)
+        assert p.position == second[-1]
+        rows = await p.read(
+            lambda c: c.execute("SELECT min(seq), count(*) FROM applied").fetchone()
+        )
+        assert rows == (first[0], 500)
+    finally:
+        await p.stop()
+
+
+async def test_a_full_buffer_slows_the_consumer_without_deadlock(bus: Bus, tmp_path: Path) -> None:
+    seqs = await publish(bus, tenants(5000))
+    p = Projector(
+        bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test", max_batch=50, max_buffer=100
+    )
+    await p.start()
+    try:
+        await p.wait_caught_up(30)
+        assert p.position == seqs[-1]
+        assert await applied_count(p) == 5000
+    finally:
+        await p.stop()
+
+
+async def test_stop_returns_promptly_while_events_are_still_arriving(
+    bus: Bus, tmp_path: Path
+) -> None:
+    await publish(bus, tenants(3000))
+    p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test", max_batch=10)
+    await p.start()
+    await asyncio.wait_for(p.stop(), 10)
+    # the file is consistent and a new projector finishes the job
+    p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(10)
+        assert await applied_count(p) == 3000
+    finally:
+        await p.stop()
