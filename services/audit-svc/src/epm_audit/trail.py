@@ -1,0 +1,184 @@
+"""The audit trail: every domain event in EPM_EVENTS, appended to its tenant's hash chain.
+
+This is the ingest hot path, so ``apply_batch`` reads only what the chain needs
+and never decodes an event: the tenant and event name come from the subject,
+the event id from the ``Nats-Msg-Id`` header (the envelope id, by contract),
+the time received from the JetStream timestamp, and the event itself is kept
+as the bytes stored in the stream (the chain commits to their SHA-256). Only
+a message without the header has its body parsed, for its id.
+
+Exactly once: ``audit_records.event_id`` is UNIQUE, so the table is its own
+processed-id table, written in the runner's transaction together with the
+checkpoint; an id seen before (the same event published again after the
+JetStream duplicate window) is not appended twice.
+
+Chain heads are kept in memory between batches and written to
+``audit_heads`` in the same transaction as the records. The cache remembers
+the last sequence it sealed; if the table's last sequence differs at the
+start of a batch, a transaction was rolled back after the cache moved, and
+the heads are reloaded from the database (as they are at open).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+
+import orjson
+from epm_service.projection import Projection, Rejected, StoredMsg
+
+from epm_audit.chain import EMPTY_HEAD, AuditRecord, ChainHead, canonical_record, link
+
+SCHEMA = """
+PRAGMA cache_size = -65536;
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    chain_seq INTEGER NOT NULL,
+    event BLOB NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    tenant TEXT PRIMARY KEY, records INTEGER NOT NULL, hash TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS audit_records_refuse_update BEFORE UPDATE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS audit_records_refuse_delete BEFORE DELETE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only: DELETE refused'); END;
+"""
+
+COLUMNS = "seq, event_id, tenant, type, subject, received_ns, chain_seq, event, prev_hash, hash"
+INSERT = f"INSERT INTO audit_records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+UPSERT_HEAD = (
+    "INSERT INTO audit_heads (tenant, records, hash) VALUES (?,?,?) "
+    "ON CONFLICT (tenant) DO UPDATE SET records = excluded.records, hash = excluded.hash"
+)
+LOOKUP_CHUNK = 500
+"""Ids per ``IN (...)`` query, well under SQLite's bound-parameter limit."""
+
+
+class AuditTrail(Projection):
+    name = "audit"
+    schema = SCHEMA
+
+    def __init__(self) -> None:
+        self._heads: dict[str, tuple[int, str]] = {}
+        self._through = -1  # last seq sealed into the heads; -1: load from the database
+
+    def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
+        self._ensure_heads(conn)
+        rejected: list[Rejected] = []
+        ids: list[str] = []
+        kept: list[StoredMsg] = []
+        for m in msgs:
+            event_id = m.msg_id or _id_from_body(m.data)
+            if event_id is None or m.subject.count(".") != 5:
+                rejected.append(
+                    Rejected(m, "malformed", "not an EPM domain event (no event id or bad subject)")
+                )
+                continue
+            ids.append(event_id)
+            kept.append(m)
+        seen = _already_recorded(conn, ids)
+        heads = self._heads
+        staged: dict[str, tuple[int, str]] = {}
+        rows = []
+        sha256 = hashlib.sha256
+        for m, event_id in zip(kept, ids, strict=True):
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            subject = m.subject
+            _, _, tenant, _, _, type_ = subject.split(".")
+            records, prev = staged.get(tenant) or heads.get(tenant) or (0, EMPTY_HEAD.hash)
+            chain_seq = records + 1
+            canonical = canonical_record(
+                seq=m.seq,
+                event_id=event_id,
+                tenant=tenant,
+                type=type_,
+                subject=subject,
+                received_ns=m.timestamp_ns,
+                chain_seq=chain_seq,
+                event_sha256=sha256(m.data).hexdigest(),
+            )
+            h = link(prev, canonical)
+            staged[tenant] = (chain_seq, h)
+            rows.append(
+                (
+                    m.seq,
+                    event_id,
+                    tenant,
+                    type_,
+                    subject,
+                    m.timestamp_ns,
+                    chain_seq,
+                    m.data,
+                    prev,
+                    h,
+                )
+            )
+        if rows:
+            conn.executemany(INSERT, rows)
+            conn.executemany(UPSERT_HEAD, [(t, n, h) for t, (n, h) in staged.items()])
+            # Only now, with every statement done: a failure above leaves the cache as it was.
+            heads.update(staged)
+            self._through = rows[-1][0]
+        return rejected
+
+    def _ensure_heads(self, conn: sqlite3.Connection) -> None:
+        (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_records").fetchone()
+        if last != self._through:
+            self._heads = load_heads(conn)
+            self._through = last
+
+
+def load_heads(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
+    return {t: (n, h) for t, n, h in conn.execute("SELECT tenant, records, hash FROM audit_heads")}
+
+
+def chain_heads(conn: sqlite3.Connection) -> dict[str, ChainHead]:
+    """Every chain's head: how many records and the last hash."""
+    return {t: ChainHead(n, h) for t, (n, h) in load_heads(conn).items()}
+
+
+def chain_records(conn: sqlite3.Connection, tenant: str) -> Iterator[AuditRecord]:
+    """One tenant's records in chain order (what ``verify_chain`` takes)."""
+    cur = conn.execute(
+        f"SELECT {COLUMNS} FROM audit_records WHERE tenant = ? ORDER BY seq", (tenant,)
+    )
+    for seq, eid, t, type_, subject, ns, cseq, event, prev, h in cur:
+        yield AuditRecord(seq, eid, t, type_, subject, ns, cseq, bytes(event), prev, h)
+
+
+def _already_recorded(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for chunk in _chunks(ids, LOOKUP_CHUNK):
+        marks = ",".join("?" * len(chunk))
+        seen.update(
+            r[0]
+            for r in conn.execute(
+                f"SELECT event_id FROM audit_records WHERE event_id IN ({marks})", chunk
+            )
+        )
+    return seen
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _id_from_body(data: bytes) -> str | None:
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    event_id = raw.get("id") if isinstance(raw, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
