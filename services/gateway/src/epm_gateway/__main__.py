@@ -1,0 +1,3 @@
+from epm_gateway.app import run
+
+run()

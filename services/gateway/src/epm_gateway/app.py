@@ -1,0 +1,111 @@
+"""gateway: the HTTP edge (tenants, tokens, authentication, REST API, console).
+
+One process runs the service runtime (NATS, the directory projection, the
+command table) and the HTTP server (uvicorn) side by side.
+
+Handler table:
+- projections: directory (TenantCreated, TokenIssued, TokenRevoked) -> epm_gateway.directory
+- commands: epm_gateway.commands.COMMANDS (create_tenant, issue_token, revoke_token)
+- on start: the bootstrap msp_admin token (EPM_BOOTSTRAP_TOKEN_FILE)
+- HTTP routes: epm_gateway.api.create_app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import uvicorn
+from epm_service.jsonlog import setup_logging
+from epm_service.runtime import RunningService, ServiceDefinition, start_service
+from epm_service.settings import Settings
+from epm_service.streams import MissingStreams
+
+from epm_gateway.api import create_app
+from epm_gateway.bootstrap import ensure_bootstrap_admin
+from epm_gateway.commands import command_handlers
+from epm_gateway.directory import Directory
+
+NAME = "gateway"
+
+log = logging.getLogger(__name__)
+
+DEFINITION = ServiceDefinition(
+    name=NAME,
+    projections=[lambda ctx: Directory()],
+    commands=command_handlers,
+    on_start=ensure_bootstrap_admin,
+)
+
+
+async def start_gateway(settings: Settings) -> RunningService:
+    """NATS, the directory projection, the command table, the bootstrap admin."""
+    return await start_service(DEFINITION, settings)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then stop HTTP first and the service runtime after it."""
+    service = await start_gateway(settings)
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = _Server(config)
+
+    def stop() -> None:
+        log.info("stopping")
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await server.serve()
+    finally:
+        with contextlib.suppress(Exception):
+            await service.stop()
+        log.info("stopped")
+    if not server.started:
+        raise SystemExit(
+            f"gateway could not listen on {settings.http_host}:{settings.http_port};"
+            " choose another port (EPM_HTTP_PORT, or epm dev --port)"
+        )
+
+
+def run() -> None:
+    settings = Settings()
+    setup_logging(NAME, settings.log_level)
+    try:
+        _run_loop(serve(settings))
+    except MissingStreams as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
+    except OSError as exc:
+        log.error("cannot reach NATS at %s: %s", settings.nats_url, exc)
+        sys.exit(1)
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
