@@ -117,10 +117,11 @@ class Projection:
                 env = decode(m.data)
                 if m.msg_id is not None and env.id != m.msg_id:
                     raise DecodeError("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
+                # validate before recording the id: a rejected event must not use it up
+                event = event_of(env)
                 if not mark_processed(conn, env.id, m.seq):
                     EVENTS_SKIPPED.labels(self.name).inc()
                     continue
-                event = event_of(env)
             except DecodeError as exc:
                 rejected.append(Rejected(m, exc.reason, exc.detail))
                 continue
