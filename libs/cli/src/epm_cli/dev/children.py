@@ -23,6 +23,7 @@ FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long starts its backoff over
 STOP_TIMEOUT = 10.0
+READY_AGAIN_TIMEOUT = 60.0
 
 
 def restart_delay(attempt: int) -> float:
@@ -65,6 +66,7 @@ class Child:
         self.on_started: Callable[[Child], None] | None = None
         self._stopping = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self._started_at = 0.0
 
     @property
@@ -126,6 +128,15 @@ class Child:
             self.report(
                 "warning", f"{self.name} restarted (pid {self.pid}, restart {self.restarts})"
             )
+            self._announcer = asyncio.create_task(self._announce_ready_again(self.proc))
+
+    async def _announce_ready_again(self, proc: asyncio.subprocess.Process | None) -> None:
+        deadline = time.monotonic() + READY_AGAIN_TIMEOUT
+        while proc is not None and proc.returncode is None and time.monotonic() < deadline:
+            if self.spec.ready is None or await self.spec.ready():
+                self.report("info", f"{self.name} ready again")
+                return
+            await asyncio.sleep(0.1)
 
     async def wait_ready(self, deadline: float) -> bool:
         """Poll the child's readiness until it answers or the monotonic deadline passes."""
@@ -140,6 +151,8 @@ class Child:
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM to the child's process group, then SIGKILL after ``timeout``."""
         self._stopping.set()
+        if self._announcer is not None:
+            self._announcer.cancel()
         while True:
             await self._terminate(timeout)
             watcher = self._watcher

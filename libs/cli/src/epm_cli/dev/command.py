@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -100,6 +101,8 @@ def dev(
         parse_duration_flag(request_ttl, "--request-ttl")
         extra_env["EPM_REQUEST_TTL"] = request_ttl
 
+    # Library warnings (a NATS reconnect in streams apply) belong in logs, not on the terminal.
+    logging.getLogger().addHandler(logging.NullHandler())
     data = DataDir(data_dir.resolve())
     data.prepare()
     lock = DevLock(data.lock_file)

@@ -6,14 +6,14 @@ from typing import Any
 
 import orjson
 
-HINTS = {
-    401: "pass --token or set EPM_TOKEN (epm dev writes an msp_admin token to <data-dir>/admin-token)",
-    403: "this token's role may not do that; use a token with a role that may",
-}
+NO_TOKEN_HINT = (
+    "no token was given: pass --token or set EPM_TOKEN "
+    "(epm dev writes an msp_admin token to <data-dir>/admin-token)"
+)
 
 
 def problem_message(status: int, body: bytes, has_token: bool = True) -> str:
-    """The problem's ``detail`` (else ``title``, else the HTTP status), with a hint for 401/403."""
+    """The problem's ``detail`` (else ``title``, else the HTTP status); a hint if no token."""
     problem: Any = None
     try:
         problem = orjson.loads(body) if body else None
@@ -28,7 +28,6 @@ def problem_message(status: int, body: bytes, has_token: bool = True) -> str:
                 break
     if not text:
         text = f"the server answered HTTP {status}"
-    hint = HINTS.get(status)
-    if status == 401 and has_token:
-        hint = "the token is unknown, revoked or expired; check --token or EPM_TOKEN"
-    return f"{text} ({hint})" if hint else text
+    if status == 401 and not has_token:
+        return f"{text} ({NO_TOKEN_HINT})"
+    return text
