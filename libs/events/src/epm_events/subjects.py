@@ -58,6 +58,13 @@ def device_subject(tenant: str, device: str, kind: str) -> str:
     )
 
 
+def device_filter(tenant: str, device: str) -> str:
+    """Everything the server sends one device: what its EPM_DEVICE consumer reads."""
+    return (
+        f"{DEVICE_PREFIX}.{validate_tenant(tenant, allow_global=False)}.{validate_device(device)}.>"
+    )
+
+
 def device_inbox_prefix(tenant: str, device: str) -> str:
     return f"_INBOX.{validate_tenant(tenant, allow_global=False)}.{validate_device(device)}"
 
