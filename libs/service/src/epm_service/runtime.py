@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from epm_events.envelope import service_source
 from epm_events.streams import ALL_STREAMS
@@ -30,6 +30,11 @@ from epm_service.streams import check_streams
 log = logging.getLogger(__name__)
 
 
+class Worker(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class ServiceContext:
     """What handlers get injected: settings, the bus, the publisher, the projectors."""
@@ -39,9 +44,15 @@ class ServiceContext:
     bus: Bus
     publisher: EventPublisher
     projectors: dict[str, Projector] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
 
     def projector(self, name: str) -> Projector:
         return self.projectors[name]
+
+    async def start_worker(self, worker: Worker) -> None:
+        """Start a background worker (consumer, scheduler, relay); it is stopped with the service."""
+        await worker.start()
+        self.workers.append(worker)
 
 
 @dataclass
@@ -72,6 +83,9 @@ class RunningService:
         for t in self.tasks:
             t.cancel()
         await self.rpc.stop()
+        for w in reversed(self.ctx.workers):
+            with contextlib.suppress(Exception):
+                await w.stop()
         for p in self.ctx.projectors.values():
             await p.stop()
         await self.ctx.bus.close()

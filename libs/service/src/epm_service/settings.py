@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     nats_creds: str | None = None
+    public_nats_url: str | None = None  # what agents are told to connect to
     data_dir: Path = Path(".epm")
     stream_replicas: int = 1
     request_ttl: float = 4 * 86400

@@ -1,20 +1,46 @@
-"""request-svc: enrollment tokens, devices, agent intake, request lifecycle.
+"""request-svc: enrollment tokens, devices, agent intake, request lifecycle and expiry.
 
-Handler table (grows with the requests issue):
-- projections: tenants (TenantDirectory)
-- commands: none yet
+Where things go (the handler table of this service):
+
+- projection ``store`` (epm_request.store.RequestStore), from EPM_EVENTS:
+  TenantCreated, EnrollmentTokenCreated, EnrollmentTokenUsed, DeviceEnrolled,
+  DeviceRevoked, RequestCreated, Approved, Denied, RequestExpired; decisions
+  are queued to devices (outbox -> EPM_DEVICE ``epm.device.<t>.<d>.decision``).
+- intake (epm_request.intake.AgentIntake), from EPM_AGENT:
+  ``ElevationRequested`` -> RequestCreated, then approval-svc ``auto_decide``,
+  answer on the agent's ``Epm-Reply-To``; refused input -> SecurityAlertRaised
+  or EPM_DLQ.
+- expiry (epm_request.expiry.ExpiryScheduler): open requests past
+  ``EPM_REQUEST_TTL`` -> RequestExpired.
+- commands ``epm.rpc.request-svc.*`` (epm_request.commands.RequestCommands):
+  create_enrollment_token, enroll, list_devices, revoke_device, list_requests,
+  get_request.
 """
 
 from __future__ import annotations
 
-from epm_service.runtime import ServiceDefinition, main
-from epm_service.tenants import TenantDirectory
+from epm_service.outbox import OutboxRelay
+from epm_service.runtime import ServiceContext, ServiceDefinition, main
+
+from epm_request.commands import RequestCommands
+from epm_request.expiry import ExpiryScheduler
+from epm_request.intake import AgentIntake
+from epm_request.store import RequestStore
 
 NAME = "request-svc"
 
+
+async def start_workers(ctx: ServiceContext) -> None:
+    await ctx.start_worker(OutboxRelay(ctx.bus.js, ctx.projector(RequestStore.name)))
+    await ctx.start_worker(AgentIntake(ctx))
+    await ctx.start_worker(ExpiryScheduler(ctx))
+
+
 DEFINITION = ServiceDefinition(
     name=NAME,
-    projections=[lambda ctx: TenantDirectory()],
+    projections=[lambda ctx: RequestStore()],
+    commands=lambda ctx: RequestCommands(ctx).table(),
+    on_start=start_workers,
 )
 
 

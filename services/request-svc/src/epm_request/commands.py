@@ -1,0 +1,204 @@
+"""request-svc commands (docs/internal-contracts.md), each a thin function over the store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from epm_events.catalog import (
+    DeviceEnrolled,
+    DeviceRevoked,
+    EnrollmentTokenCreated,
+    EnrollmentTokenUsed,
+    OfflinePolicy,
+)
+from epm_events.ids import validate_tenant
+from epm_events.subjects import device_inbox_prefix
+from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
+from epm_service.principal import Principal
+from epm_service.publisher import ConcurrencyConflict
+from epm_service.runtime import ServiceContext
+
+from epm_request import enrollment, store
+from epm_request.store import RequestStore
+
+ADMIN_ROLES = frozenset({"msp_admin", "tenant_admin"})
+REQUEST_READERS = frozenset({"msp_admin", "msp_technician", "tenant_admin", "tenant_technician"})
+MAX_PAGE = 200
+
+
+class RequestCommands:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.store = ctx.projector(RequestStore.name)
+
+    def table(self) -> dict[str, Any]:
+        return {
+            "create_enrollment_token": self.create_enrollment_token,
+            "enroll": self.enroll,
+            "list_devices": self.list_devices,
+            "revoke_device": self.revoke_device,
+            "list_requests": self.list_requests,
+            "get_request": self.get_request,
+        }
+
+    # --- helpers -----------------------------------------------------------------
+
+    async def _visible_tenant(self, principal: Principal, tenant: str) -> str:
+        validate_tenant(tenant, allow_global=False)
+        if not principal.sees_tenant(tenant):
+            raise NotFound(f"tenant {tenant!r} not found")
+        exists = await self.store.read(lambda c: store.tenant_exists(c, tenant))
+        if not exists:
+            raise NotFound(f"tenant {tenant!r} not found; create it first (epm tenant create)")
+        return tenant
+
+    # --- enrollment & devices ---------------------------------------------------
+
+    async def create_enrollment_token(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        tenant = await self._visible_tenant(p, str(args.get("tenant", "")))
+        if p.role not in ADMIN_ROLES:
+            raise Forbidden("only tenant_admin or msp_admin may create enrollment tokens")
+        ttl = int(args.get("ttl_seconds") or enrollment.DEFAULT_TTL_SECONDS)
+        if not 60 <= ttl <= 90 * 86400:
+            raise Invalid("ttl_seconds must be between 60 and 7776000 (90 days)")
+        token = enrollment.new_enrollment_token()
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
+        event = EnrollmentTokenCreated(
+            enrollment_id=enrollment.new_enrollment_id(),
+            token_hash=enrollment.hash_secret(token),
+            expires_at=expires_at,
+            created_by=p.actor,
+        )
+        appended = await self.ctx.publisher.append(tenant, [event], 0)
+        await self.store.wait_for(appended[-1].seq)
+        return {"id": event.enrollment_id, "token": token, "expires_at": expires_at.isoformat()}
+
+    async def enroll(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        secret = str(args.get("enrollment_token") or "")
+        hostname = str(args.get("hostname") or "").strip()[:255]
+        if not hostname:
+            raise Invalid("hostname is required")
+        try:
+            enrollment.parse_public_key(str(args.get("public_key") or ""))
+            found = await self.store.read(
+                lambda c: store.get_enrollment_token(c, enrollment.hash_secret(secret))
+            )
+            token = enrollment.check_usable(found, datetime.now(UTC))
+        except enrollment.EnrollmentError as exc:
+            if exc.reason == "bad_key":
+                raise Invalid(str(exc)) from None
+            raise Forbidden(
+                str(exc), status=401 if exc.reason == "unknown" else 403, title="Enrollment refused"
+            ) from None
+        device_id = enrollment.new_device_id()
+        try:
+            await self.ctx.publisher.append(
+                token.tenant,
+                [EnrollmentTokenUsed(enrollment_id=token.id, device_id=device_id)],
+                token.last_seq,
+            )
+        except ConcurrencyConflict:
+            raise Conflict(
+                "this enrollment token was just used by another device; ask for a new one"
+            ) from None
+        appended = await self.ctx.publisher.append(
+            token.tenant,
+            [
+                DeviceEnrolled(
+                    device_id=device_id,
+                    hostname=hostname,
+                    public_key=str(args["public_key"]),
+                    enrollment_id=token.id,
+                )
+            ],
+            0,
+        )
+        await self.store.wait_for(appended[-1].seq)
+        settings = self.ctx.settings
+        return {
+            "device_id": device_id,
+            "tenant": token.tenant,
+            "nats": {
+                "url": settings.public_nats_url or settings.nats_url,
+                "user": None,
+                "password": None,
+                "creds": None,
+            },
+            "inbox_prefix": device_inbox_prefix(token.tenant, device_id),
+            "subjects": {
+                "publish": f"epm.agent.{token.tenant}.{device_id}.>",
+                "device": f"epm.device.{token.tenant}.{device_id}.>",
+            },
+            "policy": OfflinePolicy().model_dump(),
+            "key_material": None,
+        }
+
+    async def list_devices(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        tenant = await self._visible_tenant(p, str(args.get("tenant", "")))
+        if p.role == "integrator":
+            raise Forbidden("integrators may read events and audit only")
+        offline_open = bool(args.get("offline_open"))
+        items = await self.store.read(lambda c: store.list_devices(c, tenant, offline_open))
+        return {"items": items}
+
+    async def revoke_device(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        tenant = await self._visible_tenant(p, str(args.get("tenant", "")))
+        device_id = str(args.get("device_id", ""))
+        device = await self.store.read(lambda c: store.get_device(c, device_id))
+        if device is None or device["tenant"] != tenant:
+            raise NotFound(f"device {device_id!r} not found in tenant {tenant!r}")
+        if p.role not in ADMIN_ROLES:
+            raise Forbidden("only tenant_admin or msp_admin may revoke devices")
+        if device["revoked"]:
+            return {"device_id": device_id, "revoked": True}
+        try:
+            appended = await self.ctx.publisher.append(
+                tenant,
+                [
+                    DeviceRevoked(
+                        device_id=device_id,
+                        revoked_by=p.actor,
+                        reason=str(args.get("reason") or ""),
+                    )
+                ],
+                device["last_seq"],
+            )
+        except ConcurrencyConflict:
+            await asyncio.sleep(0.05)
+            return await self.revoke_device(args, p)
+        await self.store.wait_for(appended[-1].seq)
+        return {"device_id": device_id, "revoked": True}
+
+    # --- requests ----------------------------------------------------------------
+
+    async def list_requests(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        if p.role not in REQUEST_READERS:
+            raise Forbidden(f"{p.role} may not list requests")
+        tenant = args.get("tenant")
+        if tenant is not None:
+            tenant = await self._visible_tenant(p, str(tenant))
+        elif not p.is_msp:
+            tenant = p.tenant  # a tenant's principal sees its own tenant only
+        status = str(args.get("status") or "open")
+        if status not in ("open", "approved", "denied", "expired", "all"):
+            raise Invalid("status must be one of open, approved, denied, expired, all")
+        limit = max(1, min(int(args.get("limit") or 100), MAX_PAGE))
+        after = int(args.get("cursor") or 0)
+        rows = await self.store.read(lambda c: store.list_requests(c, tenant, status, after, limit))
+        out: dict[str, Any] = {"items": [store.request_view(state) for _, state in rows]}
+        if len(rows) == limit:
+            out["next_cursor"] = str(rows[-1][0])
+        return out
+
+    async def get_request(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        request_id = str(args.get("request_id", ""))
+        row = await self.store.read(lambda c: store.get_request_state(c, request_id))
+        if row is None:
+            raise NotFound(f"request {request_id!r} not found")
+        view = store.request_view(row[0])
+        if not p.sees_tenant(view["tenant"]) or p.role not in REQUEST_READERS:
+            raise NotFound(f"request {request_id!r} not found")
+        view["history"] = await self.store.read(lambda c: store.get_history(c, request_id))
+        return view

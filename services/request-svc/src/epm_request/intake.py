@@ -1,0 +1,346 @@
+"""Agent intake: what devices publish on EPM_AGENT becomes domain events, or is refused.
+
+A durable push consumer with explicit acks (queue group, so replicas share
+the work). Every message ends acknowledged: accepted, dead-lettered
+(malformed), or refused with a SecurityAlertRaised (unsigned, bad signature,
+unknown/revoked device, tenant mismatch). Only a transient failure (NATS
+unreachable) leaves it unacked for redelivery. Messages of one device are
+handled in order; different devices in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from epm_domain.request import create
+from epm_events.agent import (
+    REPLY_HEADER,
+    SIGNATURE_HEADER,
+    ElevationRequested,
+    RequestAnswer,
+    signing_bytes,
+)
+from epm_events.catalog import SecurityAlertRaised
+from epm_events.codec import DecodeError, decode
+from epm_events.ids import GLOBAL_TENANT, InvalidId, derived_event_id, request_id_for
+from epm_events.streams import AGENT
+from epm_events.subjects import ALL_AGENT, AgentSubject, device_inbox_prefix, parse_agent_subject
+from epm_service.deadletter import dead_letter
+from epm_service.errors import CommandError
+from epm_service.principal import SYSTEM
+from epm_service.publisher import ConcurrencyConflict
+from epm_service.rpc import call
+from epm_service.runtime import ServiceContext
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from epm_request import store
+
+log = logging.getLogger(__name__)
+
+DURABLE = "request-svc-intake"
+MAX_DELIVER_BEFORE_DLQ = 5
+
+
+class Refused(Exception):
+    """Input refused for a security reason: raise an alert, never a request."""
+
+    def __init__(
+        self, kind: str, reason: str, tenant: str = GLOBAL_TENANT, device_id: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.tenant = tenant
+        self.device_id = device_id
+
+
+class Malformed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    subject: AgentSubject
+    msg_id: str
+    data: dict[str, Any]
+    reply_to: str | None
+
+
+class AgentIntake:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.js = ctx.bus.js
+        self.store = ctx.projector(store.RequestStore.name)
+        self._sub: Any = None
+        self._chains: dict[str, asyncio.Future[None]] = {}
+        self.handlers: dict[str, Callable[[Verified], Awaitable[None]]] = {
+            ElevationRequested.NAME: self.on_elevation_requested,
+        }
+
+    async def start(self) -> None:
+        self._sub = await self.js.subscribe(
+            ALL_AGENT,
+            durable=DURABLE,
+            queue=DURABLE,
+            stream=AGENT.name,
+            cb=self._on_msg,
+            manual_ack=True,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                max_ack_pending=2000,
+            ),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Per-device order: chain each message after the previous one of its device.
+        key = msg.subject.split(".", 4)[3] if msg.subject.count(".") >= 3 else ""
+        prev = self._chains.get(key)
+        task = asyncio.ensure_future(self._after(prev, msg))
+        self._chains[key] = task
+        task.add_done_callback(lambda t: self._forget(key, t))
+
+    def _forget(self, key: str, task: asyncio.Future[None]) -> None:
+        if self._chains.get(key) is task:
+            del self._chains[key]
+
+    async def _after(self, prev: asyncio.Future[None] | None, msg: Msg) -> None:
+        if prev is not None:
+            await asyncio.wait([prev])
+        await self.handle(msg)
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            verified = await self.verify(msg)
+            await self.handlers[verified.subject.event_name](verified)
+        except Refused as r:
+            await self._alert(msg, r)
+        except Malformed as m:
+            await dead_letter(
+                self.js,
+                self.ctx.name,
+                payload=msg.data,
+                subject=msg.subject,
+                reason=m.reason,
+                detail=m.detail,
+                stream=AGENT.name,
+                seq=msg.metadata.sequence.stream,
+            )
+        except Exception:
+            delivered = msg.metadata.num_delivered
+            log.exception(
+                "intake failed; will retry", extra={"subject": msg.subject, "delivered": delivered}
+            )
+            if delivered < MAX_DELIVER_BEFORE_DLQ:
+                await msg.nak(delay=min(2**delivered, 30))
+                return
+            await dead_letter(
+                self.js,
+                self.ctx.name,
+                payload=msg.data,
+                subject=msg.subject,
+                reason="processing_failed",
+                detail=f"failed {delivered} times; see request-svc logs",
+                stream=AGENT.name,
+                seq=msg.metadata.sequence.stream,
+            )
+        await msg.ack()
+
+    # --- verification ------------------------------------------------------------
+
+    async def verify(self, msg: Msg) -> Verified:
+        try:
+            subject = parse_agent_subject(msg.subject)
+        except InvalidId as exc:
+            raise Malformed("invalid_subject", str(exc)) from None
+        hdrs = msg.headers or {}
+        msg_id = hdrs.get("Nats-Msg-Id")
+        if not msg_id:
+            raise Malformed("missing_msg_id", "agent messages need a Nats-Msg-Id header")
+        device = await self.store.read(lambda c: store.get_device(c, subject.device))
+        if device is None:
+            raise Refused(
+                "unknown_device",
+                f"message from unknown device {subject.device!r}",
+                subject.tenant,
+                subject.device,
+            )
+        if device["tenant"] != subject.tenant:
+            raise Refused(
+                "tenant_mismatch",
+                f"device {subject.device} belongs to another tenant than {subject.tenant!r}",
+                device["tenant"],
+                subject.device,
+            )
+        if device["revoked"]:
+            raise Refused(
+                "revoked_device",
+                f"device {subject.device} is revoked",
+                subject.tenant,
+                subject.device,
+            )
+        signature = hdrs.get(SIGNATURE_HEADER)
+        if not signature:
+            raise Refused(
+                "unsigned",
+                f"unsigned message from device {subject.device}",
+                subject.tenant,
+                subject.device,
+            )
+        try:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(device["public_key"]))
+            key.verify(base64.b64decode(signature), signing_bytes(msg.subject, msg_id, msg.data))
+        except (InvalidSignature, ValueError):
+            raise Refused(
+                "bad_signature",
+                f"signature of message {msg_id} does not verify with the key of "
+                f"device {subject.device}",
+                subject.tenant,
+                subject.device,
+            ) from None
+        try:
+            env = decode(msg.data)
+        except DecodeError as exc:
+            raise Malformed(exc.reason, exc.detail) from None
+        if env.id != msg_id:
+            raise Malformed("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
+        if env.tenant != subject.tenant:
+            raise Refused(
+                "tenant_mismatch",
+                f"envelope claims tenant {env.tenant!r} on a subject of tenant {subject.tenant!r}",
+                subject.tenant,
+                subject.device,
+            )
+        if subject.event_name not in self.handlers or env.event_name != subject.event_name:
+            raise Malformed("unknown_type", f"agents may not publish {subject.event_name!r}")
+        reply_to = hdrs.get(REPLY_HEADER)
+        if reply_to and not reply_to.startswith(
+            device_inbox_prefix(subject.tenant, subject.device) + "."
+        ):
+            raise Refused(
+                "foreign_inbox",
+                f"reply subject {reply_to!r} is outside the device's inbox prefix",
+                subject.tenant,
+                subject.device,
+            )
+        return Verified(subject, msg_id, env.data, reply_to)
+
+    async def _alert(self, msg: Msg, r: Refused) -> None:
+        msg_id = (msg.headers or {}).get(
+            "Nats-Msg-Id"
+        ) or f"{AGENT.name}:{msg.metadata.sequence.stream}"
+        alert_id = "alert-" + derived_event_id(msg_id, "SecurityAlertRaised")[:18]
+        event = SecurityAlertRaised(
+            alert_id=alert_id,
+            kind=r.kind,
+            device_id=r.device_id,
+            reason=r.reason,
+            evidence={
+                "subject": msg.subject,
+                "msg_id": msg_id,
+                "stream_seq": msg.metadata.sequence.stream,
+                "size": len(msg.data),
+            },
+        )
+        log.warning(
+            "refused agent message: %s",
+            r.reason,
+            extra={"tenant": r.tenant, "device_id": r.device_id, "kind": r.kind},
+        )
+        # A conflict means it was raised already for this very message (redelivery).
+        with contextlib.suppress(ConcurrencyConflict):
+            await self.ctx.publisher.append(
+                r.tenant, [event], 0, ids=[derived_event_id(msg_id, "SecurityAlertRaised")]
+            )
+
+    # --- handlers ----------------------------------------------------------------
+
+    async def on_elevation_requested(self, v: Verified) -> None:
+        try:
+            body = ElevationRequested.model_validate(v.data)
+        except ValidationError as exc:
+            raise Malformed("invalid_data", str(exc).splitlines()[0]) from None
+        tenant, device = v.subject.tenant, v.subject.device
+        request_id = request_id_for(v.msg_id)
+        now = datetime.now(UTC)
+        event = create(
+            request_id=request_id,
+            device_id=device,
+            user=body.user,
+            app=body.app,
+            reason=body.reason,
+            now=now,
+            ttl=timedelta(seconds=self.ctx.settings.request_ttl),
+        )
+        try:
+            appended = await self.ctx.publisher.append(
+                tenant, [event], 0, ids=[derived_event_id(v.msg_id, "RequestCreated")]
+            )
+            created_seq = appended[0].seq
+        except ConcurrencyConflict:
+            created_seq = 0  # sent before (redelivery or agent retry): answer what is known
+        log.info(
+            "request created",
+            extra={"tenant": tenant, "device_id": device, "request_id": request_id},
+        )
+        answer = await self._auto_decide(tenant, request_id, body, created_seq)
+        if v.reply_to:
+            await self.ctx.bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
+
+    async def _auto_decide(
+        self, tenant: str, request_id: str, body: ElevationRequested, created_seq: int
+    ) -> RequestAnswer:
+        if created_seq:
+            try:
+                result = await call(
+                    self.ctx.bus.nc,
+                    "approval-svc",
+                    "auto_decide",
+                    {
+                        "tenant": tenant,
+                        "request_id": request_id,
+                        "user": body.user,
+                        "app": body.app.model_dump(mode="json"),
+                        "expected_seq": created_seq,
+                    },
+                    SYSTEM,
+                    timeout=5,
+                )
+                return RequestAnswer.model_validate(
+                    {
+                        "request_id": request_id,
+                        **{k: result.get(k) for k in ("status", "decided_by", "rule_id", "scope")},
+                    }
+                )
+            except CommandError as exc:
+                log.warning(
+                    "auto_decide unavailable; request stays open: %s",
+                    exc.detail,
+                    extra={"tenant": tenant, "request_id": request_id},
+                )
+        row = await self.store.read(lambda c: store.get_request_state(c, request_id))
+        if row is not None:
+            return store.answer_of(store.request_from_json(row[0]))
+        return RequestAnswer(request_id=request_id, status="open")

@@ -1,0 +1,404 @@
+"""request-svc's projection: enrollment tokens, devices, requests and their history.
+
+One SQLite file, one checkpoint. Decisions reach devices through the outbox:
+the handler of Approved/Denied/RequestExpired enqueues the device message in
+the same transaction, and the OutboxRelay publishes it on EPM_DEVICE.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from epm_domain.request import REQUEST_EVENTS, Request, evolve
+from epm_events.agent import RequestAnswer
+from epm_events.catalog import (
+    AppInfo,
+    Approved,
+    Denied,
+    DeviceEnrolled,
+    DeviceRevoked,
+    EnrollmentTokenCreated,
+    EnrollmentTokenUsed,
+    Event,
+    RequestCreated,
+    RequestExpired,
+    TenantCreated,
+)
+from epm_events.ids import derived_event_id
+from epm_events.subjects import device_subject
+from epm_service.outbox import OUTBOX_SCHEMA, enqueue
+from epm_service.projection import Applied, Handler, Projection
+from epm_service.tenants import on_tenant_created
+
+from epm_request.enrollment import EnrollmentToken
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL, seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    expires_at TEXT NOT NULL, created_by TEXT NOT NULL, used_by TEXT, last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hostname TEXT NOT NULL, public_key TEXT NOT NULL,
+    enrollment_id TEXT NOT NULL, key_version INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
+    enrolled_at TEXT NOT NULL, last_request_id TEXT, last_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_tenant ON devices (tenant, id);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, device_id TEXT NOT NULL, user TEXT NOT NULL,
+    status TEXT NOT NULL, created_at TEXT NOT NULL, expires_at REAL NOT NULL,
+    created_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_seq);
+CREATE INDEX IF NOT EXISTS requests_tenant ON requests (tenant, status, created_seq);
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (status, expires_at);
+CREATE TABLE IF NOT EXISTS request_history (
+    request_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, time TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (request_id, seq)
+);
+"""
+    + OUTBOX_SCHEMA
+)
+
+
+class RequestStore(Projection):
+    name = "store"
+    schema = SCHEMA
+
+    def handlers(self) -> Mapping[type[Event], Handler]:
+        table: dict[type[Event], Handler] = {
+            TenantCreated: on_tenant_created,
+            EnrollmentTokenCreated: on_enrollment_token_created,
+            EnrollmentTokenUsed: on_enrollment_token_used,
+            DeviceEnrolled: on_device_enrolled,
+            DeviceRevoked: on_device_revoked,
+        }
+        for cls in REQUEST_EVENTS:
+            table[cls] = on_request_event
+        return table
+
+
+# --- handlers (writer thread, inside the batch transaction) ---------------------
+
+
+def on_enrollment_token_created(
+    conn: sqlite3.Connection, e: EnrollmentTokenCreated, at: Applied
+) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO enrollment_tokens (id, tenant, token_hash, expires_at, created_by,"
+        " last_seq) VALUES (?,?,?,?,?,?)",
+        (
+            e.enrollment_id,
+            at.env.tenant,
+            e.token_hash,
+            e.expires_at.isoformat(),
+            e.created_by,
+            at.seq,
+        ),
+    )
+
+
+def on_enrollment_token_used(conn: sqlite3.Connection, e: EnrollmentTokenUsed, at: Applied) -> None:
+    conn.execute(
+        "UPDATE enrollment_tokens SET used_by = ?, last_seq = ? WHERE id = ?",
+        (e.device_id, at.seq, e.enrollment_id),
+    )
+
+
+def on_device_enrolled(conn: sqlite3.Connection, e: DeviceEnrolled, at: Applied) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO devices (id, tenant, hostname, public_key, enrollment_id,"
+        " key_version, enrolled_at, last_seq) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            e.device_id,
+            at.env.tenant,
+            e.hostname,
+            e.public_key,
+            e.enrollment_id,
+            e.key_version,
+            at.received_at.isoformat(),
+            at.seq,
+        ),
+    )
+
+
+def on_device_revoked(conn: sqlite3.Connection, e: DeviceRevoked, at: Applied) -> None:
+    conn.execute("UPDATE devices SET revoked = 1, last_seq = ? WHERE id = ?", (at.seq, e.device_id))
+
+
+def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+    tenant = at.env.tenant
+    row = conn.execute("SELECT state FROM requests WHERE id = ?", (e.aggregate_id,)).fetchone()
+    before = request_from_json(row[0]) if row else None
+    if before is None and not isinstance(e, RequestCreated):
+        return  # a decision for a request we never saw: nothing to show
+    after = evolve(before, e, tenant, at.received_at)
+    conn.execute(
+        "INSERT INTO request_history (request_id, seq, type, time, data) VALUES (?,?,?,?,?)"
+        " ON CONFLICT DO NOTHING",
+        (
+            after.id,
+            at.seq,
+            e.NAME,
+            at.received_at.isoformat(),
+            orjson.dumps(e.model_dump(mode="json")).decode(),
+        ),
+    )
+    if before is None:
+        conn.execute(
+            "INSERT INTO requests (id, tenant, device_id, user, status, created_at, expires_at,"
+            " created_seq, last_seq, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                after.id,
+                tenant,
+                after.device_id,
+                after.user,
+                after.status,
+                after.created_at.isoformat(),
+                after.expires_at.timestamp(),
+                at.seq,
+                at.seq,
+                request_to_json(after),
+            ),
+        )
+        conn.execute(
+            "UPDATE devices SET last_request_id = ? WHERE id = ?", (after.id, after.device_id)
+        )
+        return
+    conn.execute(
+        "UPDATE requests SET status = ?, last_seq = ?, state = ? WHERE id = ?",
+        (after.status, at.seq, request_to_json(after), after.id),
+    )
+    if isinstance(e, Approved | Denied | RequestExpired):
+        answer = answer_of(after)
+        enqueue(
+            conn,
+            device_subject(tenant, after.device_id, "decision"),
+            orjson.dumps(answer.model_dump(mode="json")),
+            derived_event_id(at.env.id, "DeviceDecision"),
+        )
+
+
+# --- state <-> JSON -----------------------------------------------------------------
+
+
+def request_to_json(r: Request) -> str:
+    d = r.decision
+    return orjson.dumps(
+        {
+            "id": r.id,
+            "tenant": r.tenant,
+            "device_id": r.device_id,
+            "user": r.user,
+            "app": r.app.model_dump(mode="json"),
+            "reason": r.reason,
+            "created_at": r.created_at,
+            "expires_at": r.expires_at,
+            "status": r.status,
+            "expired_at": r.expired_at,
+            "decision": None
+            if d is None
+            else {
+                "decision": d.decision,
+                "scope": d.scope,
+                "by": d.by.model_dump(),
+                "at": d.at,
+                "rule_id": d.rule_id,
+                "grant_id": d.grant_id,
+                "reason": d.reason,
+            },
+        }
+    ).decode()
+
+
+def request_from_json(raw: str) -> Request:
+    from epm_domain.request import Decision
+    from epm_events.catalog import Actor
+
+    d: dict[str, Any] = orjson.loads(raw)
+    dec = d["decision"]
+    return Request(
+        id=d["id"],
+        tenant=d["tenant"],
+        device_id=d["device_id"],
+        user=d["user"],
+        app=AppInfo.model_validate(d["app"]),
+        reason=d["reason"],
+        created_at=datetime.fromisoformat(d["created_at"]),
+        expires_at=datetime.fromisoformat(d["expires_at"]),
+        status=d["status"],
+        expired_at=datetime.fromisoformat(d["expired_at"]) if d["expired_at"] else None,
+        decision=None
+        if dec is None
+        else Decision(
+            decision=dec["decision"],
+            scope=dec["scope"],
+            by=Actor.model_validate(dec["by"]),
+            at=datetime.fromisoformat(dec["at"]),
+            rule_id=dec["rule_id"],
+            grant_id=dec["grant_id"],
+            reason=dec["reason"],
+        ),
+    )
+
+
+def request_view(raw: str) -> dict[str, Any]:
+    """The API.md request shape."""
+    d: dict[str, Any] = orjson.loads(raw)
+    out = {
+        k: d[k]
+        for k in (
+            "id",
+            "tenant",
+            "device_id",
+            "user",
+            "status",
+            "app",
+            "reason",
+            "created_at",
+            "expires_at",
+        )
+    }
+    dec = d["decision"]
+    if dec is not None:
+        out["decision"] = {
+            "decision": dec["decision"],
+            "scope": dec["scope"],
+            "by": dec["by"]["id"],
+            "by_kind": dec["by"]["kind"],
+            "rule_id": dec["rule_id"],
+            "at": dec["at"],
+        }
+    return out
+
+
+def answer_of(r: Request) -> RequestAnswer:
+    d = r.decision
+    decided_by = None
+    if r.status == "expired":
+        decided_by = "system"
+    elif d is not None:
+        decided_by = f"{d.by.kind}:{d.by.id}" if d.by.kind != "rule" else f"rule:{d.rule_id}"
+    return RequestAnswer(
+        request_id=r.id,
+        status=r.status,
+        decided_by=decided_by,
+        rule_id=d.rule_id if d else None,
+        scope=d.scope if d else None,
+    )
+
+
+# --- queries (reader threads) -------------------------------------------------------
+
+
+def get_device(conn: sqlite3.Connection, device_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT id, tenant, hostname, public_key, revoked, enrolled_at, last_seq FROM devices"
+        " WHERE id = ?",
+        (device_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "id": row[0],
+        "tenant": row[1],
+        "hostname": row[2],
+        "public_key": row[3],
+        "revoked": bool(row[4]),
+        "enrolled_at": row[5],
+        "last_seq": row[6],
+    }
+
+
+def get_enrollment_token(conn: sqlite3.Connection, token_hash: str) -> EnrollmentToken | None:
+    row = conn.execute(
+        "SELECT id, tenant, expires_at, used_by, last_seq FROM enrollment_tokens"
+        " WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    return EnrollmentToken(row[0], row[1], datetime.fromisoformat(row[2]), row[3], row[4])
+
+
+def list_devices(conn: sqlite3.Connection, tenant: str, offline_open: bool) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT d.id, d.hostname, d.revoked, d.enrolled_at, r.status, d.last_request_id"
+        " FROM devices d LEFT JOIN requests r ON r.id = d.last_request_id"
+        " WHERE d.tenant = ? ORDER BY (r.status = 'open') DESC, d.hostname, d.id",
+        (tenant,),
+    ).fetchall()
+    items = [
+        {
+            "id": r[0],
+            "device_id": r[0],
+            "tenant": tenant,
+            "hostname": r[1],
+            "revoked": bool(r[2]),
+            "enrolled_at": r[3],
+            "offline_open": r[4] == "open",
+            "last_request_id": r[5],
+        }
+        for r in rows
+    ]
+    return [i for i in items if i["offline_open"]] if offline_open else items
+
+
+def get_request_state(conn: sqlite3.Connection, request_id: str) -> tuple[str, int] | None:
+    row = conn.execute(
+        "SELECT state, last_seq FROM requests WHERE id = ?", (request_id,)
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def get_history(conn: sqlite3.Connection, request_id: str) -> list[dict[str, Any]]:
+    return [
+        {"seq": r[0], "type": r[1], "time": r[2], "data": orjson.loads(r[3])}
+        for r in conn.execute(
+            "SELECT seq, type, time, data FROM request_history WHERE request_id = ? ORDER BY seq",
+            (request_id,),
+        )
+    ]
+
+
+def list_requests(
+    conn: sqlite3.Connection, tenant: str | None, status: str, after: int, limit: int
+) -> list[tuple[int, str]]:
+    where, args = ["created_seq > ?"], [after]
+    if tenant is not None:
+        where.append("tenant = ?")
+        args.append(tenant)  # type: ignore[arg-type]
+    if status != "all":
+        where.append("status = ?")
+        args.append(status)  # type: ignore[arg-type]
+    rows = conn.execute(
+        f"SELECT created_seq, state FROM requests WHERE {' AND '.join(where)}"
+        " ORDER BY created_seq LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def due_for_expiry(
+    conn: sqlite3.Connection, now: datetime, limit: int
+) -> list[tuple[str, str, int]]:
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT state, tenant, last_seq FROM requests WHERE status = 'open' AND expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?",
+            (now.timestamp(), limit),
+        )
+    ]
+
+
+def tenant_exists(conn: sqlite3.Connection, tenant: str) -> bool:
+    return conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone() is not None
