@@ -31,9 +31,12 @@ class CommandError(Exception):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CommandError:
         extra = {k: v for k, v in d.items() if k not in ("status", "title", "detail")}
-        return cls(
+        status = int(d.get("status", 500))
+        # raised again as the class it was raised as, so a caller can catch Conflict or NotFound
+        kind = next((k for k in _KINDS if k.status == status), cls) if cls is CommandError else cls
+        return kind(
             str(d.get("detail", "")),
-            status=int(d.get("status", 500)),
+            status=status,
             title=str(d.get("title", "Error")),
             extra=extra,
         )
@@ -62,3 +65,6 @@ class Conflict(CommandError):
 class Unavailable(CommandError):
     status = 503
     title = "Service unavailable"
+
+
+_KINDS: tuple[type[CommandError], ...] = (Invalid, NotFound, Forbidden, Conflict, Unavailable)

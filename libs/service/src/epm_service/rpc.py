@@ -62,8 +62,14 @@ class RpcServer:
             handler = self.handlers.get(command)
             if handler is None:
                 raise CommandError(f"{self.service} has no command {command!r}", status=404)
-            body = orjson.loads(msg.data) if msg.data else {}
-            principal = Principal.from_dict(body["principal"])
+            try:
+                body = orjson.loads(msg.data) if msg.data else {}
+                principal = Principal.from_dict(body["principal"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise Invalid(
+                    f"malformed command ({type(exc).__name__}: {exc}): send a JSON object "
+                    '{"args": {...}, "principal": {...}}, as epm_service.rpc.call does'
+                ) from None
             result = await handler(body.get("args") or {}, principal)
             reply: dict[str, Any] = {"ok": True, "result": result}
         except CommandError as exc:
