@@ -43,6 +43,8 @@ SERVICE = "gateway"
 HTTP_REQUESTS = Counter(
     "epm_gateway_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug
+
 HTTP_SECONDS = Histogram("epm_gateway_http_seconds", "HTTP request time", ["method", "route"])
 
 CONSOLE_PAGE = """<!doctype html>
@@ -147,18 +149,25 @@ async def command(service: RunningService, name: str, args: dict[str, Any], who:
     return result
 
 
+CURSOR_PREFIX = "after:"
+
+
 def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode((CURSOR_PREFIX + last_id).encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        text = raw.decode()
     except (binascii.Error, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(CURSOR_PREFIX):
         raise Invalid(
             "cursor is not one this API handed out: use next_cursor from the previous page,"
             " or leave it out to start from the beginning"
-        ) from None
+        )
+    return text.removeprefix(CURSOR_PREFIX)
 
 
 # --- the app ------------------------------------------------------------------------
@@ -182,7 +191,9 @@ def create_app(service: RunningService) -> FastAPI:
         HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
         principal: Principal | None = getattr(request.state, "principal", None)
-        log.info(
+        quiet = route in QUIET_ROUTES and response.status_code < 400
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "http",
             extra={
                 "method": request.method,

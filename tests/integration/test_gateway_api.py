@@ -1,0 +1,377 @@
+"""The gateway against a real nats-server: HTTP in-process (ASGI), commands over NATS."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from epm_events.codec import decode_event
+from epm_events.streams import EVENTS
+from epm_gateway.api import create_app
+from epm_gateway.app import start_gateway
+from epm_gateway.domain import bootstrap_token_id, hash_token, new_token
+from epm_service.bus import Bus
+from epm_service.principal import SYSTEM
+from epm_service.rpc import call
+from epm_service.runtime import RunningService
+from epm_service.settings import Settings
+
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Gateway:
+    service: RunningService
+    client: httpx.AsyncClient
+    admin: str  # the bootstrap msp_admin token
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        return await self.client.get(path, headers=self.auth(token or self.admin), **kw)
+
+    async def post(
+        self, path: str, body: dict[str, Any], token: str | None = None
+    ) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=self.auth(token or self.admin))
+
+    async def delete(self, path: str, token: str | None = None) -> httpx.Response:
+        return await self.client.delete(path, headers=self.auth(token or self.admin))
+
+    async def tenant(self, tenant: str) -> None:
+        r = await self.post("/v1/tenants", {"id": tenant, "name": tenant.title()})
+        assert r.status_code == 201, r.text
+
+    async def token(self, role: str, tenant: str | None, by: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"role": role, "name": f"{role} of {tenant or 'msp'}"}
+        if tenant is not None:
+            body["tenant"] = tenant
+        r = await self.post("/v1/tokens", body, token=by)
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings, admin: str) -> AsyncIterator[Gateway]:
+    service = await start_gateway(settings)
+    await service.ctx.projector("directory").wait_caught_up(10)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        try:
+            yield Gateway(service, client, admin)
+        finally:
+            await service.stop()
+
+
+@pytest.fixture
+def gateway_settings(settings: Settings) -> Settings:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = settings.data_dir / "admin-token"
+    token_file.write_text(new_token() + "\n")
+    token_file.chmod(0o600)
+    settings.bootstrap_token_file = token_file
+    return settings
+
+
+@pytest.fixture
+async def gw(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    async with running_gateway(gateway_settings, admin) as g:
+        yield g
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = r.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert body["detail"]
+    return body
+
+
+# --- authentication ----------------------------------------------------------------
+
+
+async def test_bootstrap_token_is_an_msp_admin(gw: Gateway) -> None:
+    r = await gw.get("/v1/tenants")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"items": []}
+    await gw.tenant("acme")  # only an msp_admin may
+
+
+async def test_request_without_token_is_401_with_a_challenge(gw: Gateway) -> None:
+    r = await gw.client.get("/v1/tenants")
+    body = assert_problem(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer" in body["detail"]
+
+
+async def test_unknown_token_is_401(gw: Gateway) -> None:
+    r = await gw.get("/v1/tenants", token=new_token())
+    assert_problem(r, 401)
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+async def test_revoked_token_is_refused(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    issued = await gw.token("tenant_technician", "acme")
+    assert (await gw.get("/v1/tenants", token=issued["token"])).status_code == 200
+
+    r = await gw.delete(f"/v1/tokens/{issued['id']}")
+    assert r.status_code == 204, r.text
+
+    assert_problem(await gw.get("/v1/tenants", token=issued["token"]), 401)
+    assert (await gw.delete(f"/v1/tokens/{issued['id']}")).status_code == 204  # idempotent
+
+
+async def test_a_token_may_revoke_itself(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    issued = await gw.token("tenant_technician", "acme")
+    r = await gw.delete(f"/v1/tokens/{issued['id']}", token=issued["token"])
+    assert r.status_code == 204, r.text
+    assert_problem(await gw.get("/v1/tenants", token=issued["token"]), 401)
+
+
+async def test_revoking_an_unknown_token_is_404(gw: Gateway) -> None:
+    assert_problem(await gw.delete("/v1/tokens/tok-nope"), 404)
+
+
+# --- tenants ---------------------------------------------------------------------------
+
+
+async def test_created_tenant_is_listed_right_after_creation(gw: Gateway) -> None:
+    r = await gw.post("/v1/tenants", {"id": "acme", "name": "Acme Corp"})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"id": "acme", "name": "Acme Corp"}
+    r = await gw.get("/v1/tenants")
+    assert r.json()["items"] == [{"id": "acme", "name": "Acme Corp"}]
+
+
+async def test_creating_an_existing_tenant_is_a_conflict(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    body = assert_problem(await gw.post("/v1/tenants", {"id": "acme", "name": "Other"}), 409)
+    assert "acme" in body["detail"]
+    assert (await gw.get("/v1/tenants")).json()["items"] == [{"id": "acme", "name": "Acme"}]
+
+
+@pytest.mark.parametrize("bad", ["Acme", "acme.corp", "-x", "a*", "a" * 64])
+async def test_bad_tenant_id_is_a_422_problem_naming_the_rule(gw: Gateway, bad: str) -> None:
+    body = assert_problem(await gw.post("/v1/tenants", {"id": bad, "name": "X"}), 422)
+    assert "lowercase letters, digits" in body["detail"]
+
+
+async def test_global_tenant_cannot_be_created(gw: Gateway) -> None:
+    body = assert_problem(await gw.post("/v1/tenants", {"id": "_global", "name": "X"}), 422)
+    assert "reserved" in body["detail"]
+
+
+async def test_missing_fields_are_a_422_problem(gw: Gateway) -> None:
+    body = assert_problem(await gw.post("/v1/tenants", {"id": "acme"}), 422)
+    assert "name" in body["detail"]
+
+
+async def test_tenants_are_paged_with_a_cursor(gw: Gateway) -> None:
+    for i in range(5):
+        await gw.tenant(f"t{i}")
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await gw.get("/v1/tenants", params=params)).json()
+        seen += [t["id"] for t in page["items"]]
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+    assert seen == ["t0", "t1", "t2", "t3", "t4"]
+
+
+async def test_a_garbled_cursor_is_a_422_problem(gw: Gateway) -> None:
+    assert_problem(await gw.get("/v1/tenants", params={"cursor": "%%%"}), 422)
+
+
+# --- tenant walls -------------------------------------------------------------------------
+
+
+async def test_tenant_admin_sees_only_its_own_tenant(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    await gw.tenant("globex")
+    admin_a = await gw.token("tenant_admin", "acme")
+    r = await gw.get("/v1/tenants", token=admin_a["token"])
+    assert r.json()["items"] == [{"id": "acme", "name": "Acme"}]
+
+
+async def test_tenant_admin_cannot_reach_another_tenant(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    await gw.tenant("globex")
+    admin_a = await gw.token("tenant_admin", "acme")
+    tech_b = await gw.token("tenant_technician", "globex")
+
+    body = {"role": "tenant_technician", "tenant": "globex", "name": "x"}
+    existing = assert_problem(await gw.post("/v1/tokens", body, token=admin_a["token"]), 404)
+    body = {"role": "tenant_technician", "tenant": "initech", "name": "x"}
+    missing = assert_problem(await gw.post("/v1/tokens", body, token=admin_a["token"]), 404)
+    assert existing["detail"].replace("globex", "initech") == missing["detail"]  # nothing leaks
+
+    assert_problem(await gw.delete(f"/v1/tokens/{tech_b['id']}", token=admin_a["token"]), 404)
+    assert (await gw.get("/v1/tenants", token=tech_b["token"])).status_code == 200
+
+
+async def test_tenant_admin_cannot_issue_msp_roles(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    admin_a = await gw.token("tenant_admin", "acme")
+    for role in ("msp_admin", "msp_technician"):
+        r = await gw.post("/v1/tokens", {"role": role, "name": "x"}, token=admin_a["token"])
+        assert_problem(r, 403)
+
+
+async def test_tenant_admin_issues_tenant_tokens_in_its_tenant(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    admin_a = await gw.token("tenant_admin", "acme")
+    tech = await gw.token("tenant_technician", None, by=admin_a["token"])  # defaults to acme
+    assert tech["tenant"] == "acme"
+    r = await gw.get("/v1/tenants", token=tech["token"])
+    assert r.json()["items"] == [{"id": "acme", "name": "Acme"}]
+    assert (await gw.delete(f"/v1/tokens/{tech['id']}", token=admin_a["token"])).status_code == 204
+
+
+async def test_tenant_admin_cannot_create_tenants(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    admin_a = await gw.token("tenant_admin", "acme")
+    r = await gw.post("/v1/tenants", {"id": "mine", "name": "Mine"}, token=admin_a["token"])
+    assert_problem(r, 403)
+
+
+async def test_technician_cannot_issue_tokens(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    tech = await gw.token("tenant_technician", "acme")
+    body = {"role": "tenant_technician", "name": "x"}
+    assert_problem(await gw.post("/v1/tokens", body, token=tech["token"]), 403)
+
+
+async def test_token_for_an_unknown_tenant_is_404(gw: Gateway) -> None:
+    body = {"role": "tenant_admin", "tenant": "nobody", "name": "x"}
+    body_out = assert_problem(await gw.post("/v1/tokens", body), 404)
+    assert "POST /v1/tenants" in body_out["detail"]
+
+
+async def test_msp_role_with_a_tenant_is_a_422(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    body = {"role": "msp_technician", "tenant": "acme", "name": "x"}
+    assert_problem(await gw.post("/v1/tokens", body), 422)
+
+
+# --- commands over NATS ------------------------------------------------------------------
+
+
+async def test_issue_token_over_nats_returns_the_token_once(gw: Gateway) -> None:
+    result = await call(
+        gw.service.ctx.bus.nc,
+        "gateway",
+        "issue_token",
+        {"role": "integrator", "name": "siem"},
+        SYSTEM,
+    )
+    assert result["token"].startswith("epm_")
+    await gw.service.ctx.projector("directory").wait_for(result["seq"])
+    assert (await gw.get("/v1/tenants", token=result["token"])).status_code == 200
+
+
+# --- operations and contracts --------------------------------------------------------------
+
+
+async def test_readyz_is_200_once_ready(gw: Gateway) -> None:
+    r = await gw.client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert (await gw.client.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_metrics_are_served(gw: Gateway) -> None:
+    await gw.get("/v1/tenants")
+    r = await gw.client.get("/metrics")
+    assert r.status_code == 200
+    assert "epm_gateway_http_requests_total" in r.text
+
+
+async def test_contracts_are_served(gw: Gateway) -> None:
+    openapi = (await gw.client.get("/openapi.json")).json()
+    assert {"/v1/tenants", "/v1/tokens", "/v1/tokens/{token_id}"} <= set(openapi["paths"])
+    asyncapi = (await gw.client.get("/asyncapi.json")).json()
+    assert asyncapi["asyncapi"].startswith("3.")
+    assert "TenantCreated" in asyncapi["components"]["messages"]
+    assert "coming soon" in (await gw.client.get("/")).text
+
+
+async def test_unknown_path_is_a_404_problem(gw: Gateway) -> None:
+    body = assert_problem(await gw.client.get("/v1/nothing-here"), 404)
+    assert "/openapi.json" in body["detail"]
+
+
+async def test_every_event_is_a_cloudevent_whose_msg_id_is_its_id(gw: Gateway, bus: Bus) -> None:
+    await gw.tenant("acme")
+    issued = await gw.token("tenant_admin", "acme")
+    await gw.token("msp_technician", None)
+    await gw.delete(f"/v1/tokens/{issued['id']}")
+
+    info = await bus.js.stream_info(EVENTS.name)
+    names = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await bus.js.get_msg(EVENTS.name, seq)
+        env, _ = decode_event(msg.data or b"")
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == env.id
+        assert orjson.loads(msg.data or b"")["specversion"] == "1.0"
+        names.append(env.event_name)
+        if env.event_name == "TokenIssued":
+            assert issued["token"].encode() not in (msg.data or b"")
+    assert names == ["TokenIssued", "TenantCreated", "TokenIssued", "TokenIssued", "TokenRevoked"]
+
+
+# --- restarts ----------------------------------------------------------------------------
+
+
+async def test_restart_without_its_database_still_knows_tenants_and_tokens(
+    bus: Bus, gateway_settings: Settings
+) -> None:
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    async with running_gateway(gateway_settings, admin) as gw:
+        await gw.tenant("acme")
+        kept = await gw.token("tenant_admin", "acme")
+        gone = await gw.token("tenant_technician", "acme")
+        assert (await gw.delete(f"/v1/tokens/{gone['id']}")).status_code == 204
+
+    files = list(gateway_settings.data_dir.glob("gateway-*.sqlite*"))
+    assert files
+    for f in files:
+        f.unlink()
+
+    async with running_gateway(gateway_settings, admin) as gw:
+        assert (await gw.get("/v1/tenants")).json()["items"] == [{"id": "acme", "name": "Acme"}]
+        r = await gw.get("/v1/tenants", token=kept["token"])
+        assert r.json()["items"] == [{"id": "acme", "name": "Acme"}]
+        assert_problem(await gw.get("/v1/tenants", token=gone["token"]), 401)
+        assert_problem(await gw.post("/v1/tenants", {"id": "acme", "name": "Again"}), 409)
+
+
+async def test_bootstrap_token_is_recorded_once_across_restarts(
+    bus: Bus, gateway_settings: Settings
+) -> None:
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    for _ in range(2):
+        async with running_gateway(gateway_settings, admin) as gw:
+            assert (await gw.get("/v1/tenants")).status_code == 200
+    boot_id = bootstrap_token_id(hash_token(admin))
+    info = await bus.js.stream_info(EVENTS.name)
+    assert info.state.messages == 1
+    msg = await bus.js.get_msg(EVENTS.name, info.state.last_seq)
+    assert msg.subject == f"epm.evt._global.token.{boot_id}.TokenIssued"

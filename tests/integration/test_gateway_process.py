@@ -1,0 +1,101 @@
+"""``python -m epm_gateway`` as an operator runs it: uvicorn on a port, SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from epm_gateway.domain import new_token
+from epm_service.bus import Bus
+from epm_service.natsserver import free_port
+from epm_service.settings import Settings
+
+
+def gateway_env(settings: Settings, port: int, token_file: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EPM_NATS_URL": settings.nats_url,
+        "EPM_DATA_DIR": str(settings.data_dir),
+        "EPM_HTTP_PORT": str(port),
+        "EPM_BOOTSTRAP_TOKEN_FILE": str(token_file),
+    }
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "admin-token"
+    path.write_text(new_token() + "\n")
+    return path
+
+
+@pytest.fixture
+def gateway_process(
+    bus: Bus, settings: Settings, token_file: Path, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    log = (tmp_path / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "epm_gateway"],
+        env=gateway_env(settings, port, token_file),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield proc, f"http://127.0.0.1:{port}"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+async def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the gateway exited before it was ready"
+            try:
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"gateway at {url} not ready within {timeout}s")
+
+
+async def test_gateway_process_serves_http_and_stops_on_sigterm(
+    gateway_process: tuple[subprocess.Popen[bytes], str], token_file: Path
+) -> None:
+    proc, url = gateway_process
+    token = token_file.read_text().strip()  # noqa: ASYNC240 (a small local file)
+    await wait_ready(proc, url)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as client:
+        r = await client.post("/v1/tenants", json={"id": "acme", "name": "Acme"})
+        assert r.status_code == 201, r.text
+        assert (await client.get("/v1/tenants")).json()["items"] == [{"id": "acme", "name": "Acme"}]
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+async def test_gateway_refuses_to_start_without_streams(
+    bus: Bus, settings: Settings, token_file: Path
+) -> None:
+    for info in await bus.js.streams_info():
+        await bus.js.delete_stream(str(info.config.name))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "epm_gateway"],
+        env=gateway_env(settings, free_port(), token_file),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert b"epm streams apply" in result.stderr
