@@ -158,3 +158,21 @@ async def test_a_rejected_event_does_not_use_up_its_id(bus: Bus, tmp_path: Path)
         assert await tenant_ids(p) == ["fixed"]
     finally:
         await p.stop()
+
+
+async def test_projection_keeps_going_when_the_dead_letter_stream_is_missing(
+    bus: Bus, tmp_path: Path
+) -> None:
+    await bus.js.delete_stream(DLQ.name)
+    await publish_raw(bus, SUBJECT.format("m"), b"{broken", None)
+    subject, payload, _ = good("after")
+    seq = await publish_raw(bus, subject, payload, "id-after")
+    p = Projector(bus.js, TenantDirectory(), tmp_path / "t.sqlite", service="test")
+    await p.start()
+    try:
+        assert await p.wait_for(seq)
+        assert await tenant_ids(p) == ["after"]
+        rejected = await p.read(lambda c: c.execute("SELECT seq, reason FROM _rejected").fetchall())
+        assert rejected == [(seq - 1, "malformed")]
+    finally:
+        await p.stop()

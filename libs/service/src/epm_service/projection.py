@@ -201,6 +201,7 @@ class Projector:
             opt_start_seq=self.position + 1,
         )
         self._task = asyncio.create_task(self._drain(), name=f"projector-{self.projection.name}")
+        self._task.add_done_callback(self._on_drain_done)
         self._sub = await self.js.subscribe(
             self.filter_subject,
             cb=self._on_msg,
@@ -295,6 +296,14 @@ class Projector:
             self._has_space.clear()
             await self._has_space.wait()
 
+    def _on_drain_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "projection stopped applying events; restart the service",
+                exc_info=task.exception(),
+                extra={"projection": self.projection.name, "position": self.position},
+            )
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -308,16 +317,24 @@ class Projector:
                 continue
             rejected = await loop.run_in_executor(self._writer, self._write, batch)
             for r in rejected:
-                await dead_letter(
-                    self.js,
-                    self.service,
-                    payload=r.msg.data,
-                    subject=r.msg.subject,
-                    reason=r.reason,
-                    detail=r.detail,
-                    stream=self.stream,
-                    seq=r.msg.seq,
-                )
+                try:
+                    await dead_letter(
+                        self.js,
+                        self.service,
+                        payload=r.msg.data,
+                        subject=r.msg.subject,
+                        reason=r.reason,
+                        detail=r.detail,
+                        stream=self.stream,
+                        seq=r.msg.seq,
+                    )
+                except Exception:
+                    # the rejection is committed in _rejected already; a missing or full
+                    # EPM_DLQ must not stop the projection behind it
+                    log.exception(
+                        "could not publish a dead letter; it stays in the _rejected table",
+                        extra={"projection": self.projection.name, "seq": r.msg.seq},
+                    )
             self.position = batch[-1].seq
             PROJECTION_POSITION.labels(self.projection.name).set(self.position)
             EVENTS_APPLIED.labels(self.projection.name).inc(len(batch) - len(rejected))
