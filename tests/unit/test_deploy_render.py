@@ -1,4 +1,7 @@
-"""Render deploy/k8s with the machine's real ``kubectl kustomize`` (shared by test_deploy_*)."""
+"""Render deploy/k8s with the machine's real ``kubectl kustomize``.
+
+The helpers here are shared by the other test_deploy_* modules.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +62,15 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
     return found[0]
 
 
+def epm_config(docs: list[Doc]) -> dict[str, str]:
+    """The EPM_* settings every process gets (the generated epm-config ConfigMap)."""
+    (config,) = [
+        d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("epm-config-")
+    ]
+    data: dict[str, str] = config["data"]
+    return data
+
+
 POD_OWNERS = ("Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob")
 
 
@@ -80,3 +92,15 @@ def tool(name: str) -> str:
     found = shutil.which(name)
     assert found, f"{name} not found: it comes with the dev dependency group; run 'uv sync'"
     return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_renders(target: str) -> None:
+    kinds = {d["kind"] for d in rendered(target)}
+    assert {"Deployment", "StatefulSet", "Job", "NetworkPolicy", "ConfigMap"} <= kinds
+
+
+def test_a_missing_kubectl_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="kubectl not found on PATH"):
+        kubectl()
