@@ -120,6 +120,7 @@ async def test_stop_returns_promptly_while_events_are_still_arriving(
     p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test", max_batch=10)
     await p.start()
     await asyncio.wait_for(p.stop(), 10)
+    await p.stop()  # a second stop is harmless
     # the file is consistent and a new projector finishes the job
     p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test")
     await p.start()

@@ -184,6 +184,7 @@ class Projector:
         self._caught_up = asyncio.Event()
         self._target = 0
         self._last_seq = 0
+        self._stopped = False
 
     # --- lifecycle --------------------------------------------------------
 
@@ -228,6 +229,10 @@ class Projector:
         )
 
     async def stop(self) -> None:
+        """Stop consuming and close the file; what is not committed is delivered again later."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await self._sub.unsubscribe()
