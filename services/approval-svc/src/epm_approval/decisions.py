@@ -1,0 +1,305 @@
+"""Decisions on requests: by a one-time grant or a rule at once (``auto_decide``), or by a
+technician (``decide``), plus the rule draft a technician starts from.
+
+"First decision wins" is JetStream's: every decision is appended with the
+request's last stream sequence as expectation, so of any number of racing
+decisions (and an expiry) exactly one is stored; the others get 409.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from epm_domain.request import Request, RequestError
+from epm_domain.request import decide as decide_request
+from epm_events.catalog import (
+    Actor,
+    AppInfo,
+    Approved,
+    Denied,
+    GrantConsumed,
+    RuleMatch,
+    Scope,
+)
+from epm_events.ids import (
+    GLOBAL_TENANT,
+    derived_event_id,
+    new_id,
+    validate_tenant,
+    validate_token,
+)
+from epm_service.errors import Conflict, Invalid, NotFound
+from epm_service.principal import Principal
+from epm_service.publisher import Appended, ConcurrencyConflict
+
+from epm_approval import access
+from epm_approval.arguments import choice, integer, model, text
+from epm_approval.context import Approval
+from epm_approval.history import load_request
+from epm_approval.rule_admin import append_rule, require_match
+from epm_approval.rules import draft_from_request
+from epm_approval.view import find_request, unused_grants
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("approve", "deny")
+SCOPES = ("once", "tenant", "global")
+AUTO_DECIDE_WAIT_SECONDS = 2.0
+
+
+class Decisions:
+    def __init__(self, approval: Approval) -> None:
+        self.a = approval
+
+    # --- auto_decide: grants and rules, on request-svc's behalf -------------------
+
+    async def auto_decide(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        access.require_system(principal)
+        tenant = validate_tenant(text(args, "tenant", max_len=63), allow_global=False)
+        request_id = validate_token(text(args, "request_id", max_len=128), "request id")
+        user = text(args, "user", max_len=256)
+        app = model(AppInfo, args.get("app"), "app")
+        expected = integer(args, "expected_seq", low=1)
+        # Every rule and grant recorded before the request has a smaller sequence: once the
+        # projection has applied the request itself, the answer accounts for all of them.
+        if not await self.a.view.wait_for(expected, timeout=AUTO_DECIDE_WAIT_SECONDS):
+            log.warning(
+                "projection behind; request left open for a technician",
+                extra={"tenant": tenant, "request_id": request_id, "expected_seq": expected},
+            )
+            return {"status": "open"}
+        ids = {"tenant": tenant, "request_id": request_id}
+        for grant in await self.a.view.read(lambda c: unused_grants(c, tenant, user, app.sha256)):
+            consumed = GrantConsumed(
+                grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
+            )
+            try:
+                # Expecting the grant's last sequence: of two requests racing for one grant,
+                # only one consumes it. The id is derived, so a retried call is a duplicate.
+                await self.a.publisher.append(
+                    tenant,
+                    [consumed],
+                    grant.last_seq,
+                    ids=[derived_event_id(f"{grant.id}:{request_id}", "GrantConsumed")],
+                )
+            except ConcurrencyConflict:
+                continue  # consumed by another request a moment ago; try the next grant
+            log.info("one-time grant consumed", extra={**ids, "grant_id": grant.id})
+            approved = Approved(
+                request_id=request_id,
+                scope="once",
+                by=Actor(kind="system", id=f"grant:{grant.id}"),
+                reason=f"one-time grant from request {grant.id}",
+            )
+            answer = await self._append_auto(tenant, approved, expected)
+            return {**answer, "grant_id": grant.id} if answer["status"] == "approved" else answer
+        verdict = await self.a.rules.evaluate(tenant, app)
+        if verdict is None:
+            return {"status": "open"}
+        rule = verdict.rule
+        by = Actor(kind="rule", id=rule.id)
+        scope: Scope = "global" if rule.tenant == GLOBAL_TENANT else "tenant"
+        event: Approved | Denied
+        if verdict.effect == "deny":
+            event = Denied(request_id=request_id, scope=scope, by=by, rule_id=rule.id)
+        else:
+            event = Approved(request_id=request_id, scope=scope, by=by, rule_id=rule.id)
+        log.info("rule matched", extra={**ids, "rule_id": rule.id, "effect": verdict.effect})
+        return await self._append_auto(tenant, event, expected)
+
+    async def _append_auto(
+        self, tenant: str, event: Approved | Denied, expected: int
+    ) -> dict[str, Any]:
+        try:
+            [done] = await self.a.publisher.append(
+                tenant, [event], expected, ids=[derived_event_id(event.request_id, "auto-decision")]
+            )
+        except ConcurrencyConflict:
+            # Decided or expired meanwhile (or this is a retry): answer what the stream says.
+            state, _ = await load_request(self.a.js, event.request_id, tenant)
+            return answer_of(state) if state else {"status": "open"}
+        log.info(
+            "request decided at once",
+            extra={"tenant": tenant, "request_id": event.request_id, "event_id": done.envelope.id},
+        )
+        return answer_of_event(event)
+
+    # --- decide: a technician's decision --------------------------------------------
+
+    async def decide(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        request_id = text(args, "request_id", max_len=128)
+        decision: Literal["approve", "deny"] = (
+            "approve" if choice(args, "decision", DECISIONS) == "approve" else "deny"
+        )
+        scope: Scope = _scope(choice(args, "scope", SCOPES))
+        reason = text(args, "reason", max_len=2000, default="")
+        request, last_seq = await self._visible_request(request_id, principal)
+        access.require_decider(principal, scope)
+        new_rule = None
+        if scope != "once":
+            new_rule = _rule_from_decision(request, args)
+        by = Actor(kind="technician", id=principal.actor)
+        rule_id = new_id("rule") if new_rule else None
+        done = await self._append_decision(
+            request,
+            last_seq,
+            decision=decision,
+            scope=scope,
+            by=by,
+            rule_id=rule_id,
+            grant_id=request.id if (decision == "approve" and scope == "once") else None,
+            reason=reason,
+        )
+        ids = {"tenant": request.tenant, "request_id": request.id, "event_id": done.envelope.id}
+        log.info("request decided", extra={**ids, "decision": decision, "scope": scope})
+        last = done.seq
+        result: dict[str, Any] = {"request_id": request.id, "decision": decision, "scope": scope}
+        if new_rule is not None and rule_id is not None:
+            name, match = new_rule
+            row = await append_rule(
+                self.a,
+                tenant=GLOBAL_TENANT if scope == "global" else request.tenant,
+                rule_id=rule_id,
+                name=name,
+                effect="allow" if decision == "approve" else "deny",
+                match=match,
+                created_by=principal.actor,
+                source_request_id=request.id,
+                event_id=derived_event_id(done.envelope.id, "RuleCreated"),
+                wait=False,
+            )
+            last = row.last_seq
+            result["rule_id"] = rule_id
+        await self.a.applied(last)
+        return result
+
+    async def _append_decision(
+        self,
+        request: Request,
+        last_seq: int,
+        *,
+        decision: Literal["approve", "deny"],
+        scope: Scope,
+        by: Actor,
+        rule_id: str | None,
+        grant_id: str | None,
+        reason: str,
+    ) -> Appended:
+        for _attempt in range(2):
+            try:
+                event = decide_request(
+                    request,
+                    decision=decision,
+                    scope=scope,
+                    by=by,
+                    now=datetime.now(UTC),
+                    rule_id=rule_id,
+                    grant_id=grant_id,
+                    reason=reason,
+                )
+            except RequestError as exc:
+                raise Conflict(str(exc), extra={"reason": exc.reason}) from None
+            try:
+                [done] = await self.a.publisher.append(request.tenant, [event], last_seq)
+                return done
+            except ConcurrencyConflict:
+                # The projection may only be behind: decide again on the stream's own state.
+                fresh, last_seq = await load_request(self.a.js, request.id, request.tenant)
+                if fresh is None:  # pragma: no cover - a request never disappears
+                    raise NotFound(f"request {request.id} not found") from None
+                request = fresh
+        raise Conflict(
+            f"request {request.id} changed while it was being decided; reload it and try again"
+        )
+
+    # --- rule_draft --------------------------------------------------------------
+
+    async def rule_draft(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        request, _ = await self._visible_request(text(args, "request_id", max_len=128), principal)
+        access.require_rule_reader(principal)
+        return {
+            "name": default_rule_name(request),
+            "scope": "tenant",
+            "tenant": request.tenant,
+            "effect": "allow",
+            "match": draft_from_request(request.app).model_dump(exclude_none=True),
+            "enabled": True,
+            "created_by": principal.actor,
+            "source_request_id": request.id,
+        }
+
+    async def _visible_request(self, request_id: str, principal: Principal) -> tuple[Request, int]:
+        """The request and its last sequence; 404 if unknown or in a tenant not visible."""
+        validate_token(request_id, "request id")
+        found = await self.a.view.read(lambda c: find_request(c, request_id))
+        if found is None:
+            # Not projected yet (just created)? The stream is the truth.
+            state, last = await load_request(self.a.js, request_id)
+            found = (state, last) if state is not None else None
+        if found is None:
+            raise NotFound(f"request {request_id} not found; check the id")
+        access.require_visible(principal, found[0].tenant, f"request {request_id}")
+        return found
+
+
+def _scope(value: str) -> Scope:
+    if value == "once":
+        return "once"
+    return "tenant" if value == "tenant" else "global"
+
+
+def _rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, RuleMatch]:
+    """Name and match of the rule a tenant/global decision creates: the technician's edits,
+    else the draft from the request (SHA-256, publisher, app name; never the user's path)."""
+    given = args.get("rule")
+    name = args.get("rule_name")
+    if given is None:
+        match = draft_from_request(request.app)
+    else:
+        if not isinstance(given, dict):
+            raise Invalid("'rule' must be an object: a rule match, or a rule with a 'match'")
+        if "match" in given:
+            name = name or given.get("name")
+            given = given["match"]
+        match = model(RuleMatch, given, "rule match")
+    require_match(match)
+    if name is None:
+        name = default_rule_name(request)
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
+        raise Invalid("'rule_name' must be 1-200 characters")
+    return name.strip(), match
+
+
+def default_rule_name(request: Request) -> str:
+    what = request.app.app_name or request.app.file_name
+    return f"{what} (from request {request.id})"[:200]
+
+
+def answer_of(state: Request) -> dict[str, Any]:
+    """What auto_decide answers for a request already decided (or expired)."""
+    out: dict[str, Any] = {"status": state.status}
+    d = state.decision
+    if d is not None:
+        out["decided_by"] = decided_by(d.by)
+        if d.rule_id:
+            out["rule_id"] = d.rule_id
+        if d.by.kind == "system" and d.by.id.startswith("grant:"):
+            out["grant_id"] = d.by.id.removeprefix("grant:")
+    return out
+
+
+def answer_of_event(event: Approved | Denied) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": "approved" if isinstance(event, Approved) else "denied",
+        "decided_by": decided_by(event.by),
+    }
+    if event.rule_id:
+        out["rule_id"] = event.rule_id
+    return out
+
+
+def decided_by(by: Actor) -> str:
+    """``rule:<id>``, ``grant:<id>``, ``technician:<role>:<name>`` (as RequestAnswer says)."""
+    return by.id if by.kind == "system" else f"{by.kind}:{by.id}"

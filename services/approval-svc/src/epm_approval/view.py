@@ -1,0 +1,231 @@
+"""approval-svc's read model: requests, rules and one-time grants, in one SQLite file.
+
+One projection (one transaction per batch) rather than three, because a grant
+is born from an ``Approved`` that names only the request: the grant handler
+reads the request's user and SHA-256 from the ``requests`` table in the same
+transaction. Every query below runs on a read connection (``Projector.read``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from epm_domain.request import Request, evolve
+from epm_events.catalog import (
+    Approved,
+    Denied,
+    Event,
+    GrantConsumed,
+    RequestCreated,
+    RequestExpired,
+    RuleCreated,
+    RuleDisabled,
+    RuleMatch,
+)
+from epm_events.ids import GLOBAL_TENANT
+from epm_service.projection import Applied, Handler, Projection
+from pydantic import TypeAdapter
+
+from epm_approval.rules import Rule
+
+_REQUEST = TypeAdapter(Request)
+
+
+class ApprovalView(Projection):
+    name = "approval"
+    schema = """
+    CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY, tenant TEXT NOT NULL, state TEXT NOT NULL, last_seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS rules (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant TEXT NOT NULL, scope TEXT NOT NULL,
+        effect TEXT NOT NULL, match TEXT NOT NULL, enabled INTEGER NOT NULL,
+        created_by TEXT NOT NULL, source_request_id TEXT,
+        created_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS rules_by_tenant ON rules (tenant, created_seq);
+    CREATE INDEX IF NOT EXISTS rules_by_change ON rules (last_seq);
+    CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY, tenant TEXT NOT NULL, user TEXT NOT NULL, sha256 TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0, consumed_by TEXT,
+        created_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS grants_unused ON grants (tenant, user, sha256, used);
+    """
+
+    def handlers(self) -> Mapping[type[Event], Handler]:
+        return {
+            RequestCreated: on_request_event,
+            Approved: on_approved,
+            Denied: on_request_event,
+            RequestExpired: on_request_event,
+            RuleCreated: on_rule_created,
+            RuleDisabled: on_rule_disabled,
+            GrantConsumed: on_grant_consumed,
+        }
+
+
+# --- requests -----------------------------------------------------------------
+
+
+def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+    found = find_request(conn, e.aggregate_id)
+    state = evolve(found[0] if found else None, e, at.env.tenant, at.received_at)
+    conn.execute(
+        "INSERT INTO requests (id, tenant, state, last_seq) VALUES (?,?,?,?) "
+        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, last_seq = excluded.last_seq",
+        (state.id, state.tenant, _REQUEST.dump_json(state).decode(), at.seq),
+    )
+
+
+def on_approved(conn: sqlite3.Connection, e: Approved, at: Applied) -> None:
+    on_request_event(conn, e, at)
+    if e.grant_id is None:
+        return
+    found = find_request(conn, e.request_id)
+    assert found is not None  # on_request_event just wrote it
+    request = found[0]
+    conn.execute(
+        "INSERT OR IGNORE INTO grants (id, tenant, user, sha256, created_seq) VALUES (?,?,?,?,?)",
+        (e.grant_id, request.tenant, request.user, request.app.sha256, at.seq),
+    )
+
+
+def find_request(conn: sqlite3.Connection, request_id: str) -> tuple[Request, int] | None:
+    """The request and the stream sequence of its last event, as far as applied."""
+    row = conn.execute(
+        "SELECT state, last_seq FROM requests WHERE id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return _REQUEST.validate_json(row[0]), int(row[1])
+
+
+# --- rules --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRow:
+    rule: Rule
+    created_by: str
+    source_request_id: str | None
+    created_seq: int
+    last_seq: int
+
+    def to_api(self) -> dict[str, Any]:
+        """The rule shape of API.md."""
+        r = self.rule
+        out: dict[str, Any] = {
+            "id": r.id,
+            "name": r.name,
+            "scope": r.scope,
+            "effect": r.effect,
+            "match": r.match.model_dump(exclude_none=True),
+            "enabled": r.enabled,
+            "created_by": self.created_by,
+            "source_request_id": self.source_request_id,
+        }
+        if r.tenant != GLOBAL_TENANT:
+            out["tenant"] = r.tenant
+        return out
+
+
+_RULE_COLUMNS = (
+    "id, name, tenant, effect, match, enabled, created_by, source_request_id, created_seq, last_seq"
+)
+
+
+def _rule_row(row: tuple[Any, ...]) -> RuleRow:
+    rid, name, tenant, effect, match, enabled, created_by, source, created_seq, last_seq = row
+    rule = Rule(
+        id=rid,
+        name=name,
+        tenant=tenant,
+        effect=effect,
+        match=RuleMatch.model_validate(orjson.loads(match)),
+        enabled=bool(enabled),
+    )
+    return RuleRow(rule, created_by, source, int(created_seq), int(last_seq))
+
+
+def on_rule_created(conn: sqlite3.Connection, e: RuleCreated, at: Applied) -> None:
+    conn.execute(
+        f"INSERT OR IGNORE INTO rules ({_RULE_COLUMNS}, scope) VALUES (?,?,?,?,?,1,?,?,?,?,?)",
+        (
+            e.rule_id,
+            e.name,
+            at.env.tenant,
+            e.effect,
+            orjson.dumps(e.match.model_dump(exclude_none=True)).decode(),
+            e.created_by,
+            e.source_request_id,
+            at.seq,
+            at.seq,
+            e.scope,
+        ),
+    )
+
+
+def on_rule_disabled(conn: sqlite3.Connection, e: RuleDisabled, at: Applied) -> None:
+    conn.execute("UPDATE rules SET enabled = 0, last_seq = ? WHERE id = ?", (at.seq, e.rule_id))
+
+
+def find_rule(conn: sqlite3.Connection, rule_id: str) -> RuleRow | None:
+    row = conn.execute(f"SELECT {_RULE_COLUMNS} FROM rules WHERE id = ?", (rule_id,)).fetchone()
+    return _rule_row(row) if row else None
+
+
+def list_rules(
+    conn: sqlite3.Connection, tenant: str, after: int, limit: int
+) -> tuple[list[RuleRow], int | None]:
+    """A page of a tenant's (or ``_global``'s) rules in creation order, and the next cursor."""
+    rows = conn.execute(
+        f"SELECT {_RULE_COLUMNS} FROM rules WHERE tenant = ? AND created_seq > ? "
+        "ORDER BY created_seq LIMIT ?",
+        (tenant, after, limit + 1),
+    ).fetchall()
+    page = [_rule_row(r) for r in rows[:limit]]
+    return page, (page[-1].created_seq if len(rows) > limit else None)
+
+
+def rules_changed_after(conn: sqlite3.Connection, seq: int) -> list[RuleRow]:
+    """Rules created or disabled after stream sequence ``seq``, oldest change first."""
+    rows = conn.execute(
+        f"SELECT {_RULE_COLUMNS} FROM rules WHERE last_seq > ? ORDER BY last_seq", (seq,)
+    ).fetchall()
+    return [_rule_row(r) for r in rows]
+
+
+# --- grants -------------------------------------------------------------------
+
+
+def on_grant_consumed(conn: sqlite3.Connection, e: GrantConsumed, at: Applied) -> None:
+    conn.execute(
+        "INSERT INTO grants (id, tenant, user, sha256, used, consumed_by, created_seq, last_seq) "
+        "VALUES (?,?,?,?,1,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+        "used = 1, consumed_by = excluded.consumed_by, last_seq = excluded.last_seq",
+        (e.grant_id, at.env.tenant, e.user, e.sha256, e.request_id, at.seq, at.seq),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    tenant: str
+    user: str
+    sha256: str
+    last_seq: int  # of the grant aggregate: 0 while unused
+
+
+def unused_grants(conn: sqlite3.Connection, tenant: str, user: str, sha256: str) -> list[Grant]:
+    """Unused one-time grants for this user and binary, oldest first."""
+    rows = conn.execute(
+        "SELECT id, tenant, user, sha256, last_seq FROM grants "
+        "WHERE tenant = ? AND user = ? AND sha256 = ? AND used = 0 ORDER BY created_seq",
+        (tenant, user, sha256),
+    ).fetchall()
+    return [Grant(*r) for r in rows]
