@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -375,3 +376,35 @@ async def test_bootstrap_token_is_recorded_once_across_restarts(
     assert info.state.messages == 1
     msg = await bus.js.get_msg(EVENTS.name, info.state.last_seq)
     assert msg.subject == f"epm.evt._global.token.{boot_id}.TokenIssued"
+
+
+async def test_readyz_is_503_with_a_reason_when_streams_are_missing(gw: Gateway, bus: Bus) -> None:
+    for info in await bus.js.streams_info():
+        await bus.js.delete_stream(str(info.config.name))
+    r = await gw.client.get("/readyz")
+    assert r.status_code == 503
+    assert "epm streams apply" in r.json()["reason"]
+
+
+# --- replicas ----------------------------------------------------------------------------
+
+
+async def test_replicas_answer_alike_right_after_each_others_writes(
+    bus: Bus, gateway_settings: Settings, tmp_path: Path
+) -> None:
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    other = gateway_settings.model_copy(update={"data_dir": tmp_path / "replica-b"})
+    async with (
+        running_gateway(gateway_settings, admin) as a,
+        running_gateway(other, admin) as b,
+    ):
+        for first, second in ((a, b), (b, a)):
+            tenant = f"t-{id(first)}"
+            await first.tenant(tenant)
+            issued = await second.token("tenant_admin", tenant)
+            assert (await first.delete(f"/v1/tokens/{issued['id']}")).status_code == 204
+            assert_problem(await second.post("/v1/tenants", {"id": tenant, "name": "X"}), 409)
+    info = await bus.js.stream_info(EVENTS.name)
+    boot = f"epm.evt._global.token.{bootstrap_token_id(hash_token(admin))}.TokenIssued"
+    assert (await bus.js.get_msg(EVENTS.name, info.state.first_seq)).subject == boot
