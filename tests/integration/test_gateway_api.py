@@ -403,6 +403,7 @@ async def test_replicas_answer_alike_right_after_each_others_writes(
             tenant = f"t-{id(first)}"
             await first.tenant(tenant)
             issued = await second.token("tenant_admin", tenant)
+            assert (await first.get("/v1/tenants", token=issued["token"])).status_code == 200
             assert (await first.delete(f"/v1/tokens/{issued['id']}")).status_code == 204
             assert_problem(await second.post("/v1/tenants", {"id": tenant, "name": "X"}), 409)
     info = await bus.js.stream_info(EVENTS.name)

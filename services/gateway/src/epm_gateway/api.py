@@ -31,7 +31,13 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response as StarletteResponse
 
 from epm_gateway import problems
-from epm_gateway.directory import Directory, Tenant, list_tenants, principal_by_hash
+from epm_gateway.directory import (
+    Directory,
+    Tenant,
+    list_tenants,
+    principal_by_hash,
+    read_caught_up,
+)
 from epm_gateway.domain import Verdict, authorize, hash_token, looks_like_token, new_token
 from epm_gateway.domain import validate_new_tenant_id as _validate_new_tenant_id
 from epm_gateway.problems import Unauthorized
@@ -124,8 +130,9 @@ async def authenticate(
     principal = None
     if looks_like_token(token):
         token_hash = hash_token(token)
-        principal = await directory_of(running(request)).read(
-            lambda c: principal_by_hash(c, token_hash)
+        service = running(request)
+        principal = await read_caught_up(
+            directory_of(service), service.ctx.bus.js, lambda c: principal_by_hash(c, token_hash)
         )
     if principal is None:
         raise Unauthorized(

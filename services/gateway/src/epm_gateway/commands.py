@@ -23,7 +23,13 @@ from epm_service.rpc import CommandHandler
 from epm_service.runtime import ServiceContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from epm_gateway.directory import Directory, TokenRecord, tenant_by_id, token_by_id
+from epm_gateway.directory import (
+    Directory,
+    TokenRecord,
+    read_caught_up,
+    tenant_by_id,
+    token_by_id,
+)
 from epm_gateway.domain import (
     TENANT_ROLES,
     Verdict,
@@ -94,15 +100,7 @@ def directory(ctx: ServiceContext) -> Projector:
 
 
 async def read_fresh(ctx: ServiceContext, query: Callable[[Any], T | None]) -> T | None:
-    """Query the directory; on a miss, first let it catch up with the stream and ask again,
-    so a replica that has not yet seen another replica's write answers like that one."""
-    d = directory(ctx)
-    found = await d.read(query)
-    if found is None:
-        info = await ctx.bus.js.stream_info(EVENTS.name)
-        if await d.wait_for(info.state.last_seq, timeout=5):
-            found = await d.read(query)
-    return found
+    return await read_caught_up(directory(ctx), ctx.bus.js, query)
 
 
 # --- handlers -------------------------------------------------------------------

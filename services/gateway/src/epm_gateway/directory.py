@@ -7,13 +7,16 @@ from the stream. Tokens are kept only as their SHA-256 hashes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from epm_events.catalog import Event, TenantCreated, TokenIssued, TokenRevoked
+from epm_events.streams import EVENTS
 from epm_service.principal import Principal, Role
-from epm_service.projection import Applied, Handler, Projection
+from epm_service.projection import Applied, Handler, Projection, Projector
 from epm_service.tenants import TenantDirectory, on_tenant_created
+from nats.js import JetStreamContext
 
 from epm_gateway.domain import hashes_match
 
@@ -62,6 +65,26 @@ def on_token_revoked(conn: sqlite3.Connection, e: TokenRevoked, at: Applied) -> 
 
 
 # --- queries (run through Projector.read) -----------------------------------
+
+T = TypeVar("T")
+
+
+async def read_caught_up(
+    projector: Projector, js: JetStreamContext, query: Callable[[sqlite3.Connection], T | None]
+) -> T | None:
+    """Query; on a miss, first let the projection reach the stream's end and ask again.
+
+    So a replica that has not yet applied another replica's write (a token just
+    issued, a tenant just created) answers as that replica would.
+    """
+    found = await projector.read(query)
+    if found is None:
+        info = await js.stream_info(EVENTS.name)
+        if projector.position < info.state.last_seq and await projector.wait_for(
+            info.state.last_seq, timeout=5
+        ):
+            found = await projector.read(query)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
