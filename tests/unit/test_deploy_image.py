@@ -21,24 +21,17 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 
 
-def test_hadolint_passes_on_the_dockerfile() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["hadolint", "--failure-threshold", "info", str(DOCKERFILE)],
+        ["shellcheck", "--shell=sh", str(ENTRYPOINT)],
+    ],
+    ids=["hadolint-dockerfile", "shellcheck-entrypoint"],
+)
+def test_linters_pass(command: list[str]) -> None:
     result = subprocess.run(
-        [tool("hadolint"), "--failure-threshold", "info", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_shellcheck_passes_on_the_entrypoint() -> None:
-    result = subprocess.run(
-        [tool("shellcheck"), "--shell=sh", str(ENTRYPOINT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [tool(command[0]), *command[1:]], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
