@@ -46,7 +46,7 @@ def build_rules(count: int, rng: random.Random) -> tuple[list[Rule], list[str]]:
             match = RuleMatch(path=rf"C:\Program Files\Vendor {(i // 100) % 100}\*")
         elif i % 100 == 39:
             match = RuleMatch(file_name=f"*-{(i // 100) % 500}.exe")
-        elif i % 1000 == 59:  # no literal part at all: walked by every request of the tenant
+        elif i % 1000 == 59:  # no literal part: walked by each request of its tenant (t59)
             match = RuleMatch(app_name=f"*{(i // 1000) % 100}*")
         else:
             match = RuleMatch(app_name=f"Suite {i % 2000}", path=r"C:\Program Files\*")

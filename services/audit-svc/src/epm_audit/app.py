@@ -1,8 +1,11 @@
-"""audit-svc: the hash-chained audit projection (filled in by the audit issue).
+"""audit-svc: the hash-chained audit projection.
 
 Handler table:
-- projections: tenants (TenantDirectory)
-- commands: none yet
+- projections:
+  - tenants (TenantDirectory): TenantCreated
+  - audit (AuditTrail, epm_audit.trail): every domain event in EPM_EVENTS, whatever
+    its type, appended to its tenant's hash chain (``_global``: the MSP chain)
+- commands: none yet (queries, export, verify and signed checkpoints come next)
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from epm_service.runtime import ServiceDefinition, main
 from epm_service.tenants import TenantDirectory
 
+from epm_audit.trail import AuditTrail
+
 NAME = "audit-svc"
 
 DEFINITION = ServiceDefinition(
     name=NAME,
-    projections=[lambda ctx: TenantDirectory()],
+    projections=[lambda ctx: TenantDirectory(), lambda ctx: AuditTrail()],
 )
 
 
