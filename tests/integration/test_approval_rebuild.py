@@ -60,9 +60,14 @@ async def test_deleted_projection_is_rebuilt_with_the_same_rules_grants_and_answ
     running: RunningService = await start_service(DEFINITION, settings)
     try:
         await ask(
-            bus, "create_rule", ACME_ADMIN, tenant="acme", name="setup", effect="allow",
+            bus,
+            "create_rule",
+            ACME_ADMIN,
+            tenant="acme",
+            name="setup",
+            effect="allow",
             match={"sha256": SETUP.sha256},
-        )  # fmt: skip
+        )
         await ask(bus, "create_rule", name="no tool", effect="deny", match={"app_name": "T?ol"})
         gone = await ask(
             bus, "create_rule", name="other", effect="allow", match={"publisher": "nobody"}
@@ -114,7 +119,7 @@ async def test_two_requests_racing_for_one_grant_consume_it_once(
                     user="gina",
                     app=SETUP.model_dump(),
                     expected_seq=seq,
-                )  # fmt: skip
+                )
                 for rid, seq in racers
             )
         )

@@ -130,16 +130,14 @@ class Decisions:
 
     async def decide(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
         request_id = text(args, "request_id", max_len=128)
-        decision: Literal["approve", "deny"] = (
-            "approve" if choice(args, "decision", DECISIONS) == "approve" else "deny"
-        )
+        decision: Literal["approve", "deny"] = _decision(choice(args, "decision", DECISIONS))
         scope: Scope = _scope(choice(args, "scope", SCOPES))
         reason = text(args, "reason", max_len=2000, default="")
         request, last_seq = await self._visible_request(request_id, principal)
         access.require_decider(principal, scope)
         new_rule = None
         if scope != "once":
-            new_rule = _rule_from_decision(request, args)
+            new_rule = rule_from_decision(request, args)
         by = Actor(kind="technician", id=principal.actor)
         rule_id = new_id("rule") if new_rule else None
         done = await self._append_decision(
@@ -244,13 +242,17 @@ class Decisions:
         return found
 
 
+def _decision(value: str) -> Literal["approve", "deny"]:
+    return "approve" if value == "approve" else "deny"
+
+
 def _scope(value: str) -> Scope:
     if value == "once":
         return "once"
     return "tenant" if value == "tenant" else "global"
 
 
-def _rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, RuleMatch]:
+def rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, RuleMatch]:
     """Name and match of the rule a tenant/global decision creates: the technician's edits,
     else the draft from the request (SHA-256, publisher, app name; never the user's path)."""
     given = args.get("rule")

@@ -1,0 +1,112 @@
+"""Who may decide and manage rules, and what a decision's rule looks like (no servers)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from epm_approval import access
+from epm_approval.decisions import answer_of, decided_by, rule_from_decision
+from epm_domain.request import Request, decide, evolve
+from epm_events.catalog import Actor, AppInfo, RequestCreated
+from epm_events.ids import GLOBAL_TENANT
+from epm_service.errors import Forbidden, Invalid, NotFound
+from epm_service.principal import SYSTEM, Principal
+
+TECH = Principal("t1", "alice", "tenant_technician", "acme")
+ADMIN = Principal("t2", "ann", "tenant_admin", "acme")
+MSP = Principal("t3", "mo", "msp_technician", None)
+INTEGRATOR = Principal("t4", "ivy", "integrator", None)
+NOW = datetime(2026, 1, 5, tzinfo=UTC)
+APP = AppInfo(
+    file_name="setup.exe",
+    sha256="a" * 64,
+    publisher="Contoso",
+    app_name="Contoso Setup",
+    path=r"C:\Users\bob\setup.exe",
+)
+
+
+def request() -> Request:
+    created = RequestCreated(
+        request_id="req-1",
+        device_id="dev-1",
+        user="bob",
+        app=APP,
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=4),
+    )
+    return evolve(None, created, "acme", NOW)
+
+
+@pytest.mark.parametrize("who", [TECH, ADMIN])
+def test_tenant_roles_decide_once_and_for_the_tenant_but_not_for_everyone(who: Principal) -> None:
+    access.require_decider(who, "once")
+    access.require_decider(who, "tenant")
+    with pytest.raises(Forbidden):
+        access.require_decider(who, "global")
+
+
+def test_msp_roles_decide_any_scope_and_integrators_none() -> None:
+    for scope in ("once", "tenant", "global"):
+        access.require_decider(MSP, scope)
+        with pytest.raises(Forbidden):
+            access.require_decider(INTEGRATOR, scope)
+
+
+def test_another_tenant_is_not_found_before_anything_is_forbidden() -> None:
+    with pytest.raises(NotFound):
+        access.require_visible(TECH, "globex", "request req-1")
+    access.require_visible(TECH, "acme", "request req-1")
+    access.require_visible(TECH, GLOBAL_TENANT, "rule r1")
+
+
+def test_rule_writers_follow_the_role_table() -> None:
+    access.require_rule_writer(ADMIN, "acme")
+    access.require_rule_writer(MSP, GLOBAL_TENANT)
+    with pytest.raises(Forbidden):
+        access.require_rule_writer(TECH, "acme")
+    with pytest.raises(Forbidden):
+        access.require_rule_writer(ADMIN, GLOBAL_TENANT)
+
+
+def test_only_the_system_principal_may_auto_decide() -> None:
+    access.require_system(SYSTEM)
+    with pytest.raises(Forbidden):
+        access.require_system(MSP)
+
+
+def test_a_decisions_rule_is_drafted_from_the_request_without_the_users_path() -> None:
+    name, match = rule_from_decision(request(), {})
+    assert name == "Contoso Setup (from request req-1)"
+    assert match.model_dump(exclude_none=True) == {
+        "sha256": "a" * 64,
+        "publisher": "Contoso",
+        "app_name": "Contoso Setup",
+    }
+
+
+def test_a_technicians_edits_replace_the_draft() -> None:
+    name, match = rule_from_decision(
+        request(), {"rule_name": "Contoso", "rule": {"publisher": "Contoso", "file_name": "*.exe"}}
+    )
+    assert (name, match.publisher, match.sha256) == ("Contoso", "Contoso", None)
+    name, match = rule_from_decision(request(), {"rule": {"name": "N", "match": {"app_name": "A"}}})
+    assert (name, match.app_name) == ("N", "A")
+    with pytest.raises(Invalid):
+        rule_from_decision(request(), {"rule": {}})
+    with pytest.raises(Invalid):
+        rule_from_decision(request(), {"rule": {"sha256": "not-a-hash"}})
+
+
+def test_answers_name_who_decided() -> None:
+    by_grant = Actor(kind="system", id="grant:req-0")
+    approved = decide(request(), decision="approve", scope="once", by=by_grant, now=NOW)
+    state = evolve(request(), approved, "acme", NOW)
+    assert answer_of(state) == {
+        "status": "approved",
+        "decided_by": "grant:req-0",
+        "grant_id": "req-0",
+    }
+    assert decided_by(Actor(kind="rule", id="rule-1")) == "rule:rule-1"
+    assert answer_of(request()) == {"status": "open"}
