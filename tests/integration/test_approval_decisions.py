@@ -125,6 +125,7 @@ async def test_tenant_rule_approves_a_matching_request_at_once(
     assert answer["status"] == "approved"
     assert answer["rule_id"] == rule["id"]
     assert answer["decided_by"] == f"rule:{rule['id']}"
+    assert answer["scope"] == "tenant"
     history = await request_events(bus, "acme", answer["request_id"])
     assert names(history) == ["RequestCreated", "Approved"]
     assert history[1].event.model_dump()["rule_id"] == rule["id"]

@@ -106,6 +106,7 @@ def test_answers_name_who_decided() -> None:
     assert answer_of(state) == {
         "status": "approved",
         "decided_by": "grant:req-0",
+        "scope": "once",
         "grant_id": "req-0",
     }
     assert decided_by(Actor(kind="rule", id="rule-1")) == "rule:rule-1"

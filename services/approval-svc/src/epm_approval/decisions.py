@@ -75,6 +75,9 @@ class Decisions:
             consumed = GrantConsumed(
                 grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
             )
+            # Grant first, decision second: the reverse order could approve two requests with
+            # one grant. If the request is decided meanwhile (request-svc calls right after
+            # creating it, so this is rare) the grant is spent unused; never used twice.
             try:
                 # Expecting the grant's last sequence: of two requests racing for one grant,
                 # only one consumes it. The id is derived, so a retried call is a duplicate.
@@ -285,6 +288,7 @@ def answer_of(state: Request) -> dict[str, Any]:
     d = state.decision
     if d is not None:
         out["decided_by"] = decided_by(d.by)
+        out["scope"] = d.scope
         if d.rule_id:
             out["rule_id"] = d.rule_id
         if d.by.kind == "system" and d.by.id.startswith("grant:"):
@@ -296,6 +300,7 @@ def answer_of_event(event: Approved | Denied) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": "approved" if isinstance(event, Approved) else "denied",
         "decided_by": decided_by(event.by),
+        "scope": event.scope,
     }
     if event.rule_id:
         out["rule_id"] = event.rule_id
