@@ -76,6 +76,10 @@ class Rejected:
     detail: str
 
 
+class StorageUnavailable(RuntimeError):
+    """SQLite could not write (locked, disk full, I/O error): retry, do not skip."""
+
+
 Handler = Callable[[sqlite3.Connection, Any, Applied], None]
 
 BOOKKEEPING = """
@@ -320,7 +324,7 @@ class Projector:
             self._has_space.set()
             if not batch:
                 continue
-            rejected = await loop.run_in_executor(self._writer, self._write, batch)
+            rejected = await self._write_with_retry(loop, batch)
             for r in rejected:
                 try:
                     await dead_letter(
@@ -352,6 +356,25 @@ class Projector:
             async with self._advanced:
                 self._advanced.notify_all()
 
+    async def _write_with_retry(
+        self, loop: asyncio.AbstractEventLoop, batch: list[StoredMsg]
+    ) -> list[Rejected]:
+        """Storage trouble (locked, full disk) is retried with backoff, never dead-lettered:
+        the events are fine, and skipping them would lose them."""
+        delay = 0.1
+        while True:
+            try:
+                return await loop.run_in_executor(self._writer, self._write, batch)
+            except StorageUnavailable as exc:
+                log.error(
+                    "projection storage unavailable; retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={"projection": self.projection.name},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     # --- writer thread ----------------------------------------------------
 
     def _open(self) -> int:
@@ -375,6 +398,10 @@ class Projector:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rejected = self.projection.apply_batch(conn, batch)
+        except sqlite3.OperationalError as exc:
+            # The disk, not an event: locked, full, I/O error. Retry the batch later.
+            conn.execute("ROLLBACK")
+            raise StorageUnavailable(str(exc)) from exc
         except Exception:
             conn.execute("ROLLBACK")
             log.exception(
@@ -382,7 +409,11 @@ class Projector:
                 extra={"projection": self.projection.name},
             )
             conn.execute("BEGIN IMMEDIATE")
-            rejected = self._write_one_by_one(conn, batch)
+            try:
+                rejected = self._write_one_by_one(conn, batch)
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK")
+                raise StorageUnavailable(str(exc)) from exc
         for r in rejected:
             conn.execute(
                 "INSERT OR REPLACE INTO _rejected (seq, subject, reason, detail) VALUES (?,?,?,?)",
@@ -408,6 +439,8 @@ class Projector:
             try:
                 rejected.extend(self.projection.apply_batch(conn, [m]))
                 conn.execute("RELEASE one")
+            except sqlite3.OperationalError:
+                raise
             except Exception as exc:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
