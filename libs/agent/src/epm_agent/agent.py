@@ -1,0 +1,385 @@
+"""The agent SDK: enroll, ask for elevation, learn the outcome. Used by the CLI and the
+fleet simulator alike; every method is async and the state lives in the state dir.
+
+    async with Agent(Path("/var/lib/epm-agent")) as agent:
+        await agent.enroll("https://epm.example", token)
+        outcome = await agent.request("/usr/bin/tool", user="alice", reason="update")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from epm_events.agent import RequestAnswer
+from epm_events.streams import AGENT
+from epm_service.bus import Bus, connect
+from epm_service.settings import Settings
+from pydantic import ValidationError
+
+from epm_agent.device_channel import DeviceChannel, DeviceUpdate
+from epm_agent.device_key import DeviceKey
+from epm_agent.elevation import SignedMessage, describe_app, elevation_message
+from epm_agent.enrollment import request_enrollment
+from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.state import FINAL_STATUSES, Identity, LocalRequest, StateDir, now_iso
+
+ANSWER_TIMEOUT = 3.0
+"""How long a request waits on its reply subject for request-svc's answer before it
+reports "open" (the message itself is safe in EPM_AGENT and will still be handled)."""
+
+CONNECT_TIMEOUT = 2.0
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    request_id: str
+    status: str
+    decided_by: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"request_id": self.request_id, "status": self.status}
+        if self.decided_by is not None:
+            out["decided_by"] = self.decided_by
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    device_id: str
+    tenant: str
+    online: bool
+    policy: dict[str, Any]
+    requests: tuple[LocalRequest, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "tenant": self.tenant,
+            "online": self.online,
+            "policy": self.policy,
+            "requests": [
+                {"request_id": r.request_id, "status": r.status}
+                | ({"decided_by": r.decided_by} if r.decided_by else {})
+                for r in self.requests
+            ],
+        }
+
+
+class Agent:
+    """One device. ``offline=True`` behaves as if the server were unreachable."""
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        offline: bool = False,
+        answer_timeout: float = ANSWER_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.state = StateDir(state_dir)
+        self.offline = offline
+        self.answer_timeout = answer_timeout
+        self.connect_timeout = connect_timeout
+        self._bus: Bus | None = None
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnect (the agent is then offline until its next call) and close the state."""
+        await self.disconnect()
+        self.state.close()
+
+    async def disconnect(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            try:
+                await bus.close()
+            except Exception:  # already gone: nothing left to drain
+                await bus.nc.close()
+
+    @property
+    def identity(self) -> Identity | None:
+        return self._state().identity()
+
+    # --- enrollment ------------------------------------------------------
+
+    async def enroll(
+        self, url: str, enrollment_token: str, hostname: str | None = None
+    ) -> Identity:
+        state = self._state(create=True)
+        existing = state.identity()
+        if existing is not None:
+            raise AgentError(
+                f"{state.path} is already enrolled as device {existing.device_id} of tenant "
+                f"{existing.tenant}; pass another --state-dir to enroll this machine again"
+            )
+        if self.offline:
+            raise ServerUnreachable("enrollment needs the server; run it without --offline")
+        key = DeviceKey.generate()
+        hostname = hostname or socket.gethostname()
+        answer = await request_enrollment(url, enrollment_token, key.public_key_b64(), hostname)
+        if not _INBOX_PREFIX.fullmatch(answer.inbox_prefix):
+            raise AgentError(
+                f"the server gave an unusable inbox prefix {answer.inbox_prefix!r}; "
+                "report this to the EPM operator"
+            )
+        key.save(state.key_path)
+        creds_file = None
+        if answer.nats.creds:
+            state.write_secret_file(state.creds_path, answer.nats.creds.encode())
+            creds_file = state.creds_path.name
+        identity = Identity(
+            device_id=answer.device_id,
+            tenant=answer.tenant,
+            hostname=hostname,
+            server_url=url.rstrip("/"),
+            nats_url=answer.nats.url,
+            inbox_prefix=answer.inbox_prefix,
+            subjects=dict(answer.subjects),
+            policy=dict(answer.policy),
+            key_material=answer.key_material,
+            nats_user=answer.nats.user,
+            nats_password=answer.nats.password,
+            nats_creds_file=creds_file,
+            enrolled_at=now_iso(),
+        )
+        state.save_identity(identity)
+        return identity
+
+    # --- elevation requests ----------------------------------------------
+
+    async def request(
+        self,
+        exe: str,
+        *,
+        user: str,
+        reason: str,
+        sha256: str | None = None,
+        publisher: str = "",
+        app_name: str = "",
+        command_line: str = "",
+        wait_seconds: float = 0,
+    ) -> RequestOutcome:
+        """Ask for elevation and return what the server answered on the same round trip
+        (a rule's decision included), or "open"; with ``wait_seconds`` wait that long for
+        a technician's decision on the device channel."""
+        state = self._state()
+        identity = state.require_identity()
+        try:
+            app = describe_app(
+                exe,
+                sha256=sha256,
+                publisher=publisher,
+                app_name=app_name,
+                command_line=command_line,
+            )
+        except ValidationError as exc:
+            raise AgentError(f"cannot describe {exe}: {_first_problem(exc)}") from None
+        bus = await self._connect(identity)
+        if bus is None:
+            raise ServerUnreachable(
+                f"the server at {identity.nats_url} cannot be reached, so the request was not "
+                "sent; try again when online (offline codes come with a later agent release)"
+            )
+        key = DeviceKey.load(state.key_path)
+        reply_to = bus.nc.new_inbox()
+        # Subscribe before publishing: a rule's answer can come back before the PubAck.
+        answers = await bus.nc.subscribe(reply_to)
+        try:
+            try:
+                message = elevation_message(
+                    key,
+                    tenant=identity.tenant,
+                    device_id=identity.device_id,
+                    user=user,
+                    app=app,
+                    reason=reason,
+                    reply_to=reply_to,
+                )
+            except ValidationError as exc:
+                raise AgentError(f"cannot send this request: {_first_problem(exc)}") from None
+            await self._publish(bus, message, identity)
+            now = now_iso()
+            state.record_request(
+                LocalRequest(
+                    request_id=message.request_id,
+                    msg_id=message.msg_id,
+                    status="open",
+                    app=app.model_dump(mode="json"),
+                    user=user,
+                    reason=reason,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            answer = await _first_answer(answers, message.request_id, self.answer_timeout)
+            if answer is not None:
+                state.apply_answer(answer)
+        finally:
+            await answers.unsubscribe()
+
+        def decided() -> bool:
+            local = state.request(message.request_id)
+            return local is not None and local.status in FINAL_STATUSES
+
+        # Catch up on the device channel in any case; with --wait, keep reading.
+        await self._read_device_channel(
+            bus, identity, until=decided if wait_seconds > 0 else None, timeout=wait_seconds
+        )
+        local = state.request(message.request_id)
+        if local is None:  # recorded above; only a deleted state file gets here
+            raise AgentError(f"request {message.request_id} vanished from {state.db_path}")
+        return RequestOutcome(local.request_id, local.status, local.decided_by)
+
+    async def _publish(self, bus: Bus, message: SignedMessage, identity: Identity) -> None:
+        try:
+            await bus.js.publish(
+                message.subject,
+                message.body,
+                stream=AGENT.name,
+                headers=message.headers,
+                timeout=max(self.connect_timeout, 5.0),
+            )
+        except nats.js.errors.NoStreamResponseError:
+            raise AgentError(
+                f"the server at {identity.nats_url} has no {AGENT.name} stream to take "
+                "requests; an operator must run 'epm streams apply'"
+            ) from None
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise ServerUnreachable(
+                f"the server at {identity.nats_url} did not confirm the request "
+                f"({type(exc).__name__}); it may not have been sent: try again"
+            ) from None
+
+    # --- status and the device channel -------------------------------------
+
+    async def status(self) -> AgentStatus:
+        """This device and its requests, after reading the device channel when online."""
+        state = self._state()
+        identity = state.require_identity()
+        bus = await self._connect(identity)
+        online = bus is not None
+        if bus is not None:
+            try:
+                await self._read_device_channel(bus, identity)
+            except ServerUnreachable:
+                online = False
+        return AgentStatus(
+            device_id=identity.device_id,
+            tenant=identity.tenant,
+            online=online,
+            policy=identity.policy,
+            requests=tuple(state.requests()),
+        )
+
+    async def sync_device_channel(self, timeout: float = 10.0) -> list[DeviceUpdate]:
+        """Apply every decision sent to this device since the last read."""
+        identity = self._state().require_identity()
+        bus = await self._connect(identity)
+        if bus is None:
+            raise ServerUnreachable(
+                f"the server at {identity.nats_url} cannot be reached; nothing was read"
+            )
+        return await self._read_device_channel(bus, identity, timeout=timeout)
+
+    async def _read_device_channel(
+        self,
+        bus: Bus,
+        identity: Identity,
+        *,
+        until: Callable[[], bool] | None = None,
+        timeout: float = 10.0,
+    ) -> list[DeviceUpdate]:
+        channel = DeviceChannel(bus.js, self._state(), identity)
+        try:
+            return await channel.read(until=until, timeout=max(timeout, self.connect_timeout))
+        except (nats.errors.ConnectionClosedError, nats.errors.TimeoutError, TimeoutError) as exc:
+            await self.disconnect()
+            raise ServerUnreachable(
+                f"lost the server at {identity.nats_url} while reading decisions "
+                f"({type(exc).__name__})"
+            ) from None
+
+    # --- connection --------------------------------------------------------
+
+    async def _connect(self, identity: Identity) -> Bus | None:
+        """The connection to NATS, or None when offline (by choice or because unreachable)."""
+        if self.offline:
+            return None
+        if self._bus is not None and self._bus.nc.is_connected:
+            return self._bus
+        await self.disconnect()
+        state = self._state()
+        settings = Settings(
+            nats_url=identity.nats_url,
+            nats_user=identity.nats_user,
+            nats_password=identity.nats_password,
+            nats_creds=str(state.path / identity.nats_creds_file)
+            if identity.nats_creds_file
+            else None,
+        )
+
+        async def quiet(*_: object) -> None:
+            """Being offline is an answer for an agent, not an error to log."""
+
+        connecting = connect(
+            settings,
+            name=f"epm-agent {identity.tenant}/{identity.device_id}",
+            inbox_prefix=identity.inbox_prefix,
+            allow_reconnect=False,
+            # nats-py: 0 would mean "retry forever"; 1 is one retry, then NoServersError
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            connect_timeout=self.connect_timeout,
+            error_cb=quiet,
+            disconnected_cb=quiet,
+            reconnected_cb=quiet,
+            closed_cb=quiet,
+        )
+        try:
+            self._bus = await asyncio.wait_for(connecting, 3 * self.connect_timeout)
+        except (TimeoutError, nats.errors.Error, OSError):
+            return None
+        return self._bus
+
+    def _state(self, *, create: bool = False) -> StateDir:
+        if not self.state.is_open:
+            self.state.open(create=create)
+        return self.state
+
+
+async def _first_answer(answers: Any, request_id: str, timeout: float) -> RequestAnswer | None:
+    """The answer for this request on the reply subject, or None when nobody answered."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = await answers.next_msg(timeout=left)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return None
+        try:
+            answer = RequestAnswer.model_validate_json(msg.data)
+        except ValidationError:
+            continue
+        if answer.request_id == request_id:
+            return answer
+    return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{where}: {err['msg']}"

@@ -1,0 +1,304 @@
+"""``epm-agent``: the reference agent on the command line (see API.md, ``epm-agent``).
+
+Every sub-command accepts --state-dir, --offline and --json. With --json the
+command prints exactly one JSON object; a failure exits non-zero with
+``{"error": "..."}``. Secrets (keys, tokens, codes) are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from epm_agent.agent import Agent, AgentStatus, RequestOutcome
+from epm_agent.errors import AgentError, NotImplementedYet
+from epm_agent.state import STATE_DIR_ENV, default_state_dir
+
+EXIT_FAILED = 1
+EXIT_NOT_IMPLEMENTED = 2
+EXIT_USAGE = 2
+
+EXAMPLES = f"""\
+examples:
+  epm-agent enroll --url http://127.0.0.1:8080 --enrollment-token TOKEN
+  epm-agent request --exe /usr/bin/tool --user alice --reason "install the printer driver"
+  epm-agent request --exe 'C:\\Tools\\setup.exe' --sha256 HASH --publisher "Acme" \\
+      --app-name "Acme Setup" --user alice --reason "update" --wait 60
+  epm-agent status --json
+
+The state dir defaults to ${STATE_DIR_ENV}, else ~/.epm-agent.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors follow --json too: one ``{"error": ...}`` object, exit 2."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            _print_json({"error": f"{self.prog}: {message}"})
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"where this agent keeps its identity and requests (default ${STATE_DIR_ENV}, "
+        "else ~/.epm-agent)",
+    )
+    common.add_argument(
+        "--offline",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="behave as if the server were unreachable",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help='print exactly one JSON object (errors: {"error": ...})',
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="epm-agent",
+        description="The EPM endpoint agent: enroll this machine, ask for elevation, "
+        "and see what was decided.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+
+    enroll = command(
+        "enroll",
+        "Enroll this machine with a one-time enrollment token.",
+        "example:\n  epm-agent enroll --url http://127.0.0.1:8080 --enrollment-token TOKEN",
+    )
+    enroll.add_argument("--url", required=True, help="the EPM server (gateway) URL")
+    enroll.add_argument(
+        "--enrollment-token", required=True, help="from 'epm enrollment-token create'"
+    )
+    enroll.add_argument("--hostname", help="the name the help desk sees (default: this host's)")
+    enroll.set_defaults(run=_enroll)
+
+    request = command(
+        "request",
+        "Ask for elevation of an application.",
+        "examples:\n"
+        '  epm-agent request --exe /usr/bin/tool --user alice --reason "update"\n'
+        "  epm-agent request --exe 'C:\\Tools\\setup.exe' --sha256 HASH --user alice "
+        '--reason "install" --wait 120',
+    )
+    request.add_argument(
+        "--exe",
+        required=True,
+        help="the executable; its SHA-256 is computed when the file exists here",
+    )
+    request.add_argument("--sha256", help="the SHA-256 when --exe is not a file on this machine")
+    request.add_argument("--publisher", default="", help="the code-signing publisher")
+    request.add_argument("--app-name", default="", help="the application's product name")
+    request.add_argument("--command-line", default="", help="the full command line")
+    request.add_argument("--user", required=True, help="who asks")
+    request.add_argument("--reason", required=True, help="why, in the user's words")
+    request.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a technician's decision (default 0: return what the "
+        "server answered at once, a rule's decision included)",
+    )
+    request.set_defaults(run=_request)
+
+    status = command("status", "Show this device, its policy and its requests.")
+    status.set_defaults(run=_status)
+
+    offline = command("offline", "Offline codes, for when the server cannot be reached.")
+    offline_commands = offline.add_subparsers(
+        dest="offline_command", metavar="COMMAND", parser_class=_Parser
+    )
+    offline_commands.required = True
+
+    def offline_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = offline_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(run=_not_implemented(f"offline {name}"))
+        return sub
+
+    request_code = offline_command("request-code", "Show a 6-digit request code for the help desk.")
+    what = request_code.add_mutually_exclusive_group()
+    what.add_argument("--exe", help="the application to elevate")
+    what.add_argument("--admin", type=int, metavar="MINUTES", help="temporary full admin")
+    offline_command("respond", "Enter the help desk's response code.").add_argument("code")
+    redeem = offline_command("redeem", "Redeem an offline access code.")
+    redeem.add_argument("code")
+    redeem.add_argument("--exe", help="the application to elevate")
+    generate = offline_command("generate", "Generate an offline access code (online only).")
+    generate.add_argument("--purpose", required=True, choices=("app", "admin"))
+    generate.add_argument("--exe", help="the application the code is for")
+    generate.add_argument("--minutes", type=int, help="admin minutes")
+
+    sync = command("sync", "Upload the offline log and read decisions.")
+    sync.set_defaults(run=_not_implemented("sync"))
+
+    simulate = command("simulate", "Simulate a fleet of agents against a server.")
+    simulate.add_argument("--url", required=True)
+    simulate.add_argument("--token", required=True)
+    simulate.add_argument("--tenant", required=True)
+    simulate.add_argument("--devices", type=int, required=True)
+    simulate.add_argument("--events", type=int, required=True)
+    simulate.set_defaults(run=_not_implemented("simulate"))
+    return parser
+
+
+# --- sub-commands ---------------------------------------------------------------
+
+Runner = Callable[[Agent, argparse.Namespace], Awaitable[tuple[dict[str, Any], str]]]
+
+
+async def _enroll(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    identity = await agent.enroll(args.url, args.enrollment_token, args.hostname)
+    human = (
+        f"Enrolled as device {identity.device_id} of tenant {identity.tenant}.\n"
+        f"State: {agent.state.path}"
+    )
+    return {"device_id": identity.device_id, "tenant": identity.tenant}, human
+
+
+async def _request(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    outcome = await agent.request(
+        args.exe,
+        user=args.user,
+        reason=args.reason,
+        sha256=args.sha256,
+        publisher=args.publisher,
+        app_name=args.app_name,
+        command_line=args.command_line,
+        wait_seconds=args.wait,
+    )
+    return outcome.as_json(), _describe_outcome(outcome, args.wait)
+
+
+async def _status(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    status = await agent.status()
+    return status.as_json(), _describe_status(status)
+
+
+def _not_implemented(name: str) -> Runner:
+    async def run(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+        raise NotImplementedYet(
+            f"'epm-agent {name}' is not implemented yet in this agent release; "
+            "use the online commands (enroll, request, status) for now"
+        )
+
+    return run
+
+
+def _describe_outcome(outcome: RequestOutcome, waited: float) -> str:
+    by = f" by {outcome.decided_by}" if outcome.decided_by else ""
+    if outcome.status == "open":
+        after = f" after waiting {waited:g}s" if waited else ""
+        return (
+            f"Request {outcome.request_id} is open{after}: a technician will decide.\n"
+            "Run 'epm-agent status' to see the decision."
+        )
+    return f"Request {outcome.request_id} {outcome.status}{by}."
+
+
+def _describe_status(status: AgentStatus) -> str:
+    lines = [
+        f"Device {status.device_id} of tenant {status.tenant}: "
+        + ("online" if status.online else "offline (showing what this agent last knew)")
+    ]
+    if not status.requests:
+        lines.append("No requests.")
+    for r in status.requests:
+        by = f" ({r.decided_by})" if r.decided_by else ""
+        what = (r.app or {}).get("file_name", "")
+        lines.append(f"  {r.request_id}  {r.status:<8}{by}  {what}".rstrip())
+    return "\n".join(lines)
+
+
+# --- entry point ------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    args = build_parser().parse_args(argv)
+    as_json: bool = getattr(args, "json", False)
+    state_dir: Path = getattr(args, "state_dir", None) or default_state_dir()
+    agent = Agent(state_dir, offline=getattr(args, "offline", False))
+    run: Runner = args.run
+    try:
+        obj, human = asyncio.run(_run(agent, args, run))
+    except NotImplementedYet as exc:
+        return _fail(str(exc), as_json, EXIT_NOT_IMPLEMENTED)
+    except AgentError as exc:
+        return _fail(str(exc), as_json, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", as_json, 130)
+    if as_json:
+        _print_json(obj)
+    else:
+        print(human)
+    return 0
+
+
+async def _run(agent: Agent, args: argparse.Namespace, run: Runner) -> tuple[dict[str, Any], str]:
+    try:
+        return await run(agent, args)
+    finally:
+        await agent.close()
+
+
+def _fail(message: str, as_json: bool, code: int) -> int:
+    if as_json:
+        _print_json({"error": message})
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("--wait cannot be negative")
+    return seconds
+
+
+if __name__ == "__main__":
+    sys.exit(main())

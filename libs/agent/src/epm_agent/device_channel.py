@@ -1,0 +1,110 @@
+"""Reading what the server sent this device (EPM_DEVICE), from where the agent left off.
+
+An ordered consumer filtered to ``epm.device.<tenant>.<device>.>`` starts at the
+last sequence read + 1; each message is applied and the position advanced in
+one SQLite transaction, so a crash never applies a decision twice nor skips one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from epm_events.agent import RequestAnswer
+from epm_events.streams import DEVICE
+from epm_events.subjects import device_filter
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from epm_agent.errors import AgentError
+from epm_agent.state import Identity, StateDir
+
+DECISION_KIND = "decision"
+"""``epm.device.<t>.<d>.decision``: a RequestAnswer (Approved, Denied or RequestExpired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    """One message read from the device channel; ``applied`` if it changed local state."""
+
+    seq: int
+    kind: str
+    applied: bool
+    answer: RequestAnswer | None = None
+
+
+def decode_device_message(kind: str, data: bytes) -> RequestAnswer | None:
+    """The kinds this agent understands; anything else (a newer server) is read past."""
+    if kind != DECISION_KIND:
+        return None
+    try:
+        return RequestAnswer.model_validate_json(data)
+    except ValidationError:
+        return None
+
+
+class DeviceChannel:
+    def __init__(self, js: JetStreamContext, state: StateDir, identity: Identity) -> None:
+        self._js = js
+        self._state = state
+        self._filter = device_filter(identity.tenant, identity.device_id)
+
+    async def read(
+        self,
+        *,
+        timeout: float = 10.0,
+        until: Callable[[], bool] | None = None,
+    ) -> list[DeviceUpdate]:
+        """Apply everything new. Without ``until``: return once caught up. With it: keep
+        reading (new messages included) until ``until()`` holds or ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        start = self._state.last_device_seq() + 1
+        try:
+            sub = await self._js.subscribe(
+                self._filter,
+                stream=DEVICE.name,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
+        except nats.js.errors.NotFoundError:
+            raise AgentError(
+                f"the server has no {DEVICE.name} stream, so decisions cannot reach this "
+                "agent; an operator must run 'epm streams apply'"
+            ) from None
+        updates: list[DeviceUpdate] = []
+        try:
+            info = await sub.consumer_info()
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            caught_up = not info.num_pending and not delivered
+            while True:
+                if until is not None and until():
+                    break
+                if until is None and caught_up:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                updates.append(self._apply(msg))
+                caught_up = msg.metadata.num_pending == 0
+        finally:
+            await sub.unsubscribe()
+        return updates
+
+    def _apply(self, msg: Msg) -> DeviceUpdate:
+        seq = msg.metadata.sequence.stream
+        kind = msg.subject.rsplit(".", 1)[-1]
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"seq-{seq}"
+        answer = decode_device_message(kind, msg.data)
+        applied = self._state.apply_device_message(seq, msg_id, kind, answer)
+        return DeviceUpdate(seq=seq, kind=kind, applied=applied, answer=answer)

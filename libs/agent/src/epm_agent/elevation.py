@@ -1,0 +1,127 @@
+"""An elevation request as the agent sends it: what, who, why, signed by the device key.
+
+Pure: building the message does no I/O beyond hashing the executable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+
+from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, ElevationRequested, signing_bytes
+from epm_events.catalog import AppInfo
+from epm_events.codec import encode
+from epm_events.envelope import Envelope, agent_source
+from epm_events.ids import new_event_id, request_id_for
+from epm_events.subjects import agent_subject
+
+from epm_agent.device_key import DeviceKey
+from epm_agent.errors import AgentError
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1024 * 1024
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_app(
+    exe: str,
+    *,
+    sha256: str | None = None,
+    publisher: str = "",
+    app_name: str = "",
+    command_line: str = "",
+) -> AppInfo:
+    """What is being elevated. The SHA-256 is computed from the file when it exists;
+    ``sha256`` names an executable that is not on this machine (or must not be read)."""
+    path = Path(exe).expanduser()
+    if path.is_file():
+        try:
+            digest = sha256_of_file(path)
+        except OSError as exc:
+            raise AgentError(
+                f"cannot read {exe} to compute its SHA-256 ({exc.strerror or exc}); "
+                "give it with --sha256"
+            ) from None
+        if sha256 is not None and sha256.lower() != digest:
+            raise AgentError(
+                f"--sha256 {sha256} does not match {exe} (its SHA-256 is {digest}); "
+                "leave --sha256 out to use the file's"
+            )
+        full_path = str(path.resolve())
+    elif sha256 is not None:
+        digest = sha256.lower()
+        if not _SHA256.fullmatch(digest):
+            raise AgentError(f"--sha256 {sha256!r} is not a SHA-256: give 64 hexadecimal digits")
+        full_path = exe
+    else:
+        raise AgentError(
+            f"{exe} is not a file on this machine, so its SHA-256 cannot be computed; "
+            "check --exe or give --sha256"
+        )
+    return AppInfo(
+        file_name=PurePath(full_path.replace("\\", "/")).name or full_path,
+        sha256=digest,
+        publisher=publisher,
+        app_name=app_name,
+        path=full_path,
+        command_line=command_line,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A message ready for ``js.publish``: subject, body and headers, signature included."""
+
+    subject: str
+    msg_id: str
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def request_id(self) -> str:
+        return request_id_for(self.msg_id)
+
+
+def elevation_message(
+    key: DeviceKey,
+    *,
+    tenant: str,
+    device_id: str,
+    user: str,
+    app: AppInfo,
+    reason: str,
+    reply_to: str | None = None,
+    msg_id: str | None = None,
+    time: datetime | None = None,
+) -> SignedMessage:
+    request = ElevationRequested(user=user, app=app, reason=reason)
+    msg_id = msg_id or new_event_id()
+    subject = agent_subject(tenant, device_id, ElevationRequested.NAME)
+    envelope = Envelope(
+        id=msg_id,
+        source=agent_source(tenant, device_id),
+        type=f"epm.{ElevationRequested.NAME}.v{ElevationRequested.VERSION}",
+        subject=device_id,
+        time=time or datetime.now(UTC),
+        tenant=tenant,
+        data=request.model_dump(mode="json"),
+    )
+    body = encode(envelope)
+    headers = {
+        MSG_ID_HEADER: msg_id,
+        SIGNATURE_HEADER: key.sign_b64(signing_bytes(subject, msg_id, body)),
+    }
+    if reply_to is not None:
+        headers[REPLY_HEADER] = reply_to
+    return SignedMessage(subject=subject, msg_id=msg_id, body=body, headers=headers)
