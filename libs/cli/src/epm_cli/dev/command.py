@@ -6,20 +6,22 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from epm_service.settings import parse_duration
 
 from epm_cli.dev.datadir import DataDir
 from epm_cli.dev.lock import DataDirLocked, DevLock
-from epm_cli.dev.ports import HTTP, NATS, PortInUse, resolve_ports
-from epm_cli.dev.stack import StackConfig, run_stack
+
+if TYPE_CHECKING:
+    from epm_cli.dev.stack import StackConfig
 
 
 def parse_duration_flag(value: str, flag: str) -> float:
     """A duration flag (``30s``, ``10m``, ``4d``) in seconds; BadParameter names the flag."""
+    from epm_service.settings import parse_duration
+
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
@@ -95,6 +97,10 @@ def dev(
 
     EPM_REQUEST_TTL=10m epm dev
     """
+    # The stack's imports (NATS, pydantic settings) stay out of every other epm command.
+    from epm_cli.dev.ports import HTTP, NATS, PortInUse, resolve_ports
+    from epm_cli.dev.stack import StackConfig, run_stack
+
     timeout = parse_duration_flag(startup_timeout, "--startup-timeout")
     extra_env: dict[str, str] = {}
     if request_ttl is not None:
