@@ -8,13 +8,15 @@ unknown token) and is shown to the person as it is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from epm_events.ids import validate_device, validate_tenant
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from epm_agent.errors import AgentError, ServerUnreachable
+
+if TYPE_CHECKING:
+    import httpx
 
 ENROLL_PATH = "/v1/agent/enroll"
 
@@ -67,8 +69,9 @@ async def request_enrollment(
     hostname: str,
     *,
     timeout: float = 15.0,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> EnrollmentAnswer:
+    import httpx  # only enrollment speaks HTTP; keep it off every other command's start-up
+
     endpoint = url.rstrip("/") + ENROLL_PATH
     body = {
         "enrollment_token": enrollment_token,
@@ -76,7 +79,7 @@ async def request_enrollment(
         "hostname": hostname,
     }
     try:
-        async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+        async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.post(endpoint, json=body)
     except httpx.HTTPError as exc:
         raise ServerUnreachable(
