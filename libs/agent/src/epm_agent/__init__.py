@@ -2,7 +2,7 @@
 
 - ``agent``: the SDK (``Agent``): enroll, request, status, sync_device_channel.
 - ``state``: the state dir (SQLite + the 0600 device key).
-- ``device_key``: the device's Ed25519 key.
+- ``device_key``: the device's Ed25519 key; ``private_file``: 0600 files for secrets.
 - ``elevation``: the signed ElevationRequested message.
 - ``enrollment``: the HTTP enrollment call.
 - ``device_channel``: reading decisions from EPM_DEVICE.

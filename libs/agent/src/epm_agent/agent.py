@@ -30,6 +30,7 @@ from epm_agent.device_key import DeviceKey
 from epm_agent.elevation import SignedMessage, describe_app, elevation_message
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.private_file import write_private_file
 from epm_agent.state import FINAL_STATUSES, Identity, LocalRequest, StateDir, now_iso
 
 ANSWER_TIMEOUT = 3.0
@@ -140,7 +141,7 @@ class Agent:
         key.save(state.key_path)
         creds_file = None
         if answer.nats.creds:
-            state.write_secret_file(state.creds_path, answer.nats.creds.encode())
+            write_private_file(state.creds_path, answer.nats.creds.encode())
             creds_file = state.creds_path.name
         identity = Identity(
             device_id=answer.device_id,

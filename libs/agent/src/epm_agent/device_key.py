@@ -7,7 +7,6 @@ agent publishes carries an Ed25519 signature by the private half.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -17,8 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from epm_agent.errors import AgentError
-
-KEY_FILE_MODE = 0o600
+from epm_agent.private_file import write_private_file
 
 
 class DeviceKey:
@@ -46,21 +44,12 @@ class DeviceKey:
         return cls(key)
 
     def save(self, path: Path) -> None:
-        """Write the key with mode 0600 from the start (never world-readable, even briefly)."""
         pem = self._private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private_file(path, pem)
 
     @property
     def public_key(self) -> Ed25519PublicKey:

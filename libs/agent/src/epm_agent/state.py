@@ -25,9 +25,9 @@ import orjson
 from epm_events.agent import RequestAnswer
 
 from epm_agent.errors import AgentError, NotEnrolled
+from epm_agent.private_file import PRIVATE_FILE_MODE
 
 DIR_MODE = 0o700
-FILE_MODE = 0o600
 STATE_DIR_ENV = "EPM_AGENT_STATE_DIR"
 
 FINAL_STATUSES = frozenset({"approved", "denied", "expired"})
@@ -175,7 +175,7 @@ class StateDir:
         try:
             self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             if not self.db_path.exists():
-                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
             db = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
         except OSError as exc:
             raise AgentError(
@@ -283,18 +283,6 @@ class StateDir:
                     identity.enrolled_at or now_iso(),
                 ),
             )
-
-    def write_secret_file(self, path: Path, content: bytes) -> None:
-        """A file only this user may read, written atomically."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
 
     # --- requests --------------------------------------------------------
 
