@@ -9,6 +9,7 @@ fleet simulator alike; every method is async and the state lives in the state di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -237,10 +238,12 @@ class Agent:
             local = state.request(message.request_id)
             return local is not None and local.status in FINAL_STATUSES
 
-        # Catch up on the device channel in any case; with --wait, keep reading.
-        await self._read_device_channel(
-            bus, identity, until=decided if wait_seconds > 0 else None, timeout=wait_seconds
-        )
+        # Catch up on the device channel in any case; with --wait, keep reading. The request
+        # is sent by now: losing the server here leaves it open, which is still the answer.
+        with contextlib.suppress(ServerUnreachable):
+            await self._read_device_channel(
+                bus, identity, until=decided if wait_seconds > 0 else None, timeout=wait_seconds
+            )
         local = state.request(message.request_id)
         if local is None:  # recorded above; only a deleted state file gets here
             raise AgentError(f"request {message.request_id} vanished from {state.db_path}")
