@@ -240,3 +240,25 @@ def test_epm_dev_explains_itself() -> None:
     assert done.returncode == 0
     for words in ("--data-dir", "--port", "--nats-port", "epm dev --data-dir"):
         assert words in done.stdout
+
+
+def test_children_die_with_a_killed_epm_dev_and_the_next_start_works(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = DevProcess(data, "--port", "0", "--nats-port", "0", name="first")
+    second = DevProcess(data, name="second")
+    try:
+        children = set(first.start().wait_ready()["processes"].values())
+        assert first.proc is not None
+        first.proc.kill()
+        first.proc.wait()
+        wait_for(
+            "every child of the killed epm dev to exit",
+            lambda: not [pid for pid in children if process_alive(pid)],
+            deadline=30,
+        )
+        again = second.start().wait_ready()  # the lock died with it; a stale file is replaced
+        assert again["pid"] == second.proc.pid  # type: ignore[union-attr]
+        assert second.stop() == 0
+    finally:
+        first.kill_everything()
+        second.kill_everything()

@@ -1,7 +1,7 @@
 """A supervised child process of ``epm dev``: started, watched, restarted with backoff, stopped.
 
 Every child runs in its own session (so Ctrl-C reaches only ``epm dev``,
-which then stops them in order) and, on Linux, gets SIGTERM if ``epm dev``
+which then stops them in order) and, on Linux, is signalled if ``epm dev``
 dies without cleaning up (PR_SET_PDEATHSIG), so nothing is left behind.
 """
 
@@ -31,14 +31,14 @@ def restart_delay(attempt: int) -> float:
     return float(min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2 ** max(0, attempt - 1)))
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def _die_with_parent_hook(sig: signal.Signals) -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()
 
     def hook() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -52,6 +52,9 @@ class ChildSpec:
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
     ready: Callable[[], Awaitable[bool]] | None = None  # True once it serves
+    # Sent if epm dev dies without stopping it. SIGKILL for services: nats-server may be
+    # going down at the same moment, and a service's clean stop would wait for it forever.
+    death_signal: signal.Signals = signal.SIGKILL
 
 
 Report = Callable[[str, str], None]  # (level, message)
@@ -96,7 +99,7 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.spec.env or None,
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(),
+                preexec_fn=_die_with_parent_hook(self.spec.death_signal),
             )
         finally:
             os.close(log)

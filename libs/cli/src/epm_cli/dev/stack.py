@@ -111,6 +111,7 @@ class DevStack:
             argv=nats_command(c.nats_port, c.data.nats_store),
             log_file=c.data.log_file("nats"),
             ready=nats_ready(c.nats_port),
+            death_signal=signal.SIGTERM,  # lets it close its JetStream store cleanly
         )
 
     def service_spec(self, name: str) -> ChildSpec:
