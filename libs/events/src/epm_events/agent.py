@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from epm_events.catalog import AppInfo, Model
+from epm_events.catalog import AppInfo, Model, OfflinePolicy
 
 SIGNATURE_HEADER = "Epm-Signature"
 REPLY_HEADER = "Epm-Reply-To"
@@ -55,3 +55,32 @@ class RequestAnswer(Model):
     decided_by: str | None = None  # "rule:<id>", "grant:<id>", "technician:<name>", "system"
     rule_id: str | None = None
     scope: str | None = None
+
+
+# --- server -> device: offline policy and key material (approval-svc) ----------------
+
+POLICY_KIND = "policy"
+KEY_KIND = "key"
+
+
+class PolicyUpdate(Model):
+    """On ``epm.device.<tenant>.<device>.policy``: the tenant's offline policy now.
+
+    ``seq`` is the stream sequence of the OfflinePolicyChanged it reports: the
+    agent enforces the update with the highest ``seq`` it has seen."""
+
+    tenant: str
+    policy: OfflinePolicy
+    seq: int
+
+
+class KeyUpdate(Model):
+    """On ``epm.device.<tenant>.<device>.key``: the device's offline key material for a new
+    key version, sealed to its X25519 key (epm_domain.sealed.open_device_keys). The agent
+    applies it only if ``key_version`` is above its own; codes of older versions then fail."""
+
+    tenant: str
+    device_id: str
+    key_version: int
+    sealed: dict[str, str]
+    reason: str = ""

@@ -76,6 +76,8 @@ class OfflinePolicy(Model):
     admin_codes: bool = False
     self_service: bool = False
     max_admin_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    # a help-desk response may grant "this application" without naming its SHA-256 ("*")
+    response_any_app: bool = False
 
 
 class Actor(Model):
@@ -150,6 +152,7 @@ class DeviceEnrolled(Event):
     public_key: str  # Ed25519, base64
     enrollment_id: str
     key_version: int = 1
+    encryption_key: str | None = None  # X25519, base64: offline key material is sealed to it
 
 
 class DeviceRevoked(Event):
@@ -162,11 +165,16 @@ class DeviceRevoked(Event):
 
 
 class DeviceKeyRotated(Event):
+    """A device's offline key version moves on: every code of an older version stops working.
+    On the device's offline-key aggregate (approval-svc), with the codes issued under it."""
+
     NAME = "DeviceKeyRotated"
-    AGGREGATE = "device"
+    AGGREGATE = "devicekey"
     ID_FIELD = "device_id"
     device_id: str
     key_version: int
+    reason: str = ""
+    rotated_by: str = ""
 
 
 class RequestCreated(Event):
@@ -266,7 +274,7 @@ class TenantKeyCreated(Event):
 
 class OfflineResponseIssued(Event):
     NAME = "OfflineResponseIssued"
-    AGGREGATE = "device"
+    AGGREGATE = "devicekey"
     ID_FIELD = "device_id"
     device_id: str
     response_id: str
@@ -279,7 +287,7 @@ class OfflineResponseIssued(Event):
 
 class OfflineCodeIssued(Event):
     NAME = "OfflineCodeIssued"
-    AGGREGATE = "device"
+    AGGREGATE = "devicekey"
     ID_FIELD = "device_id"
     device_id: str
     code_id: str
@@ -290,6 +298,8 @@ class OfflineCodeIssued(Event):
     minutes: int | None = None
     expires_at: datetime
     issued_by: str
+    key_version: int = 1
+    self_generated: bool = False
 
 
 # --- offline records replayed by agents (request-svc) ----------------------

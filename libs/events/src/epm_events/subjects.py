@@ -17,11 +17,13 @@ AGENT_PREFIX = "epm.agent"
 DEVICE_PREFIX = "epm.device"
 DLQ_PREFIX = "epm.dlq"
 RPC_PREFIX = "epm.rpc"
+DEVICE_RPC_PREFIX = "epm.devrpc"  # device -> server request/reply, signed; in no stream
 
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
 ALL_AGENT = f"{AGENT_PREFIX}.>"
 ALL_DEVICE = f"{DEVICE_PREFIX}.>"
 ALL_DLQ = f"{DLQ_PREFIX}.>"
+ALL_DEVICE_RPC = f"{DEVICE_RPC_PREFIX}.>"
 
 
 def event_subject(tenant: str, aggregate: str, aggregate_id: str, event_name: str) -> str:
@@ -79,6 +81,34 @@ def rpc_subject(service: str, command: str) -> str:
 
 def rpc_service_filter(service: str) -> str:
     return f"{RPC_PREFIX}.{validate_token(service, 'service')}.*"
+
+
+def device_rpc_subject(tenant: str, device: str, command: str) -> str:
+    """``epm.devrpc.<tenant>.<device>.<command>``: a device's own signed command."""
+    return (
+        f"{DEVICE_RPC_PREFIX}.{validate_tenant(tenant, allow_global=False)}."
+        f"{validate_device(device)}.{validate_token(command, 'command')}"
+    )
+
+
+def device_rpc_filter(command: str) -> str:
+    return f"{DEVICE_RPC_PREFIX}.*.*.{validate_token(command, 'command')}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRpcSubject:
+    tenant: str
+    device: str
+    command: str
+
+
+def parse_device_rpc_subject(subject: str) -> DeviceRpcSubject:
+    parts = subject.split(".")
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != DEVICE_RPC_PREFIX:
+        raise InvalidId(f"not a device command subject: {subject!r}")
+    return DeviceRpcSubject(
+        validate_tenant(parts[2], allow_global=False), validate_device(parts[3]), parts[4]
+    )
 
 
 @dataclass(frozen=True, slots=True)

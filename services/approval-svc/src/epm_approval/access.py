@@ -54,3 +54,36 @@ def require_system(principal: Principal) -> None:
     """``auto_decide`` is request-svc's internal call, never a user's."""
     if principal.token_id != SYSTEM.token_id:
         raise Forbidden("auto_decide is called by request-svc only")
+
+
+# --- offline access (API.md: policy is an admin's; responses and codes a technician's) ---------
+
+OFFLINE_POLICY_WRITERS = frozenset({"msp_admin", "tenant_admin"})
+OFFLINE_ISSUERS = frozenset({"msp_admin", "msp_technician", "tenant_admin", "tenant_technician"})
+DEVICE_KEY_ADMINS = frozenset({"msp_admin", "msp_technician", "tenant_admin"})
+
+
+def require_policy_reader(principal: Principal) -> None:
+    if principal.role not in OFFLINE_ISSUERS:
+        raise Forbidden("integrator tokens may read events and audit records only")
+
+
+def require_policy_writer(principal: Principal) -> None:
+    if principal.role not in OFFLINE_POLICY_WRITERS:
+        raise Forbidden(
+            f"role {principal.role} may read the offline policy but not change it; "
+            "ask a tenant admin or the MSP admin"
+        )
+
+
+def require_offline_issuer(principal: Principal) -> None:
+    if principal.role not in OFFLINE_ISSUERS:
+        raise Forbidden("offline response and access codes need a technician or admin token")
+
+
+def require_device_key_admin(principal: Principal) -> None:
+    if principal.role not in DEVICE_KEY_ADMINS:
+        raise Forbidden(
+            f"role {principal.role} may not rotate device keys or revoke codes; "
+            "ask a tenant admin or an MSP technician"
+        )

@@ -1,4 +1,4 @@
-"""approval-svc: rules, decisions, one-time grants (offline policy, keys and codes to come).
+"""approval-svc: rules, decisions, one-time grants, offline policy, keys and codes.
 
 Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
 - tenants (TenantDirectory): TenantCreated -> tenants
@@ -6,6 +6,12 @@ Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
   RequestCreated, Approved, Denied, RequestExpired -> requests (state + last sequence)
   RuleCreated, RuleDisabled                         -> rules (and, after commit, the RuleIndex)
   Approved with grant_id, GrantConsumed             -> grants
+- offline (epm_approval.offline_view.OfflineView), with an outbox to EPM_DEVICE:
+  TenantKeyCreated                                  -> tenant_keys (ciphertext only)
+  OfflinePolicyChanged                              -> policies; ``policy`` to each device
+  DeviceEnrolled, DeviceRevoked                     -> devices (public keys, key state)
+  DeviceKeyRotated                                  -> devices; sealed ``key`` to the device
+  OfflineCodeIssued, OfflineResponseIssued          -> devices (next counter), codes
 
 Commands (``epm.rpc.approval-svc.<command>``, docs/internal-contracts.md):
 - auto_decide   request-svc, right after RequestCreated: one-time grant, else rules, else open
@@ -14,22 +20,39 @@ Commands (``epm.rpc.approval-svc.<command>``, docs/internal-contracts.md):
 - list_rules    a tenant's rules, or the global ones
 - create_rule   a tenant or global rule
 - disable_rule  RuleDisabled (history kept)
+- get_policy, set_policy      a tenant's offline policy (OfflinePolicyChanged)
+- device_key_material         request-svc at enrollment: key material sealed to the device
+- offline_response            a help-desk response code (OfflineResponseIssued)
+- offline_codes               offline access codes (OfflineCodeIssued, hashes only)
+- rotate_device_key           DeviceKeyRotated: every older code stops working
+- revoke_device_codes         the same, recorded as "codes revoked"
+
+Device commands (``epm.devrpc.<tenant>.<device>.<command>``, signed by the device,
+epm_approval.device_commands):
+- self_generate_code          the agent's ``offline generate`` (policy self_service)
 
 Events appended: Approved, Denied (request), GrantConsumed (grant), RuleCreated,
-RuleDisabled (rule), each with the aggregate's last sequence as expectation.
+RuleDisabled (rule), OfflinePolicyChanged (policy), TenantKeyCreated (tenantkey),
+DeviceKeyRotated, OfflineCodeIssued, OfflineResponseIssued (devicekey), each with the
+aggregate's last sequence as expectation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from epm_service.outbox import OutboxRelay
 from epm_service.rpc import CommandHandler
 from epm_service.runtime import ServiceContext, ServiceDefinition, main
 from epm_service.tenants import TenantDirectory
 
 from epm_approval.context import Approval
 from epm_approval.decisions import Decisions
+from epm_approval.device_commands import DeviceCommandServer
+from epm_approval.offline_commands import Offline, OfflineCommands
+from epm_approval.offline_view import OfflineView
 from epm_approval.rule_admin import RuleAdmin
+from epm_approval.tenant_keys import TenantKeyring
 from epm_approval.view import ApprovalView
 
 NAME = "approval-svc"
@@ -39,6 +62,7 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
     approval = Approval.of(ctx)
     decisions = Decisions(approval)
     rules = RuleAdmin(approval)
+    offline = OfflineCommands(offline_of(ctx))
     return {
         "auto_decide": decisions.auto_decide,
         "decide": decisions.decide,
@@ -46,19 +70,40 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
         "list_rules": rules.list_rules,
         "create_rule": rules.create_rule,
         "disable_rule": rules.disable_rule,
+        "get_policy": offline.get_policy,
+        "set_policy": offline.set_policy,
+        "device_key_material": offline.device_key_material,
+        "offline_response": offline.offline_response,
+        "offline_codes": offline.offline_codes,
+        "rotate_device_key": offline.rotate_device_key,
+        "revoke_device_codes": offline.revoke_device_codes,
     }
 
 
+def offline_of(ctx: ServiceContext) -> Offline:
+    view = ctx.projector(OfflineView.name)
+    assert isinstance(view.projection, OfflineView)
+    return Offline.of(ctx, view.projection.keyring)
+
+
 async def on_start(ctx: ServiceContext) -> None:
-    """Load the rule index once the projection has caught up with the stream."""
+    """Load the rule index once the projection has caught up with the stream; start sending
+    the offline outbox to devices and serving device commands."""
     approval = Approval.of(ctx)
     await approval.view.wait_caught_up()
     await approval.rules.sync()
+    await ctx.start_worker(OutboxRelay(ctx.bus.js, ctx.projector(OfflineView.name)))
+    offline = OfflineCommands(offline_of(ctx))
+    await ctx.start_worker(DeviceCommandServer(ctx.bus.nc, offline, queue=NAME))
 
 
 DEFINITION = ServiceDefinition(
     name=NAME,
-    projections=[lambda ctx: TenantDirectory(), lambda ctx: ApprovalView()],
+    projections=[
+        lambda ctx: TenantDirectory(),
+        lambda ctx: ApprovalView(),
+        lambda ctx: OfflineView(TenantKeyring(ctx.settings.master_key)),
+    ],
     commands=commands,
     on_start=on_start,
 )

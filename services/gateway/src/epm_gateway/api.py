@@ -300,7 +300,8 @@ def create_app(service: RunningService) -> FastAPI:
         await command(svc, "revoke_token", {"id": token_id}, who)
         return Response(status_code=204)
 
-    from epm_gateway import elevation  # routes that forward to request-svc / approval-svc
+    from epm_gateway import elevation, offline  # routes forwarded to request-/approval-svc
 
     app.include_router(elevation.router)
+    app.include_router(offline.router)
     return app

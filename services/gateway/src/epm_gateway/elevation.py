@@ -48,6 +48,11 @@ class EnrollIn(BaseModel):
     enrollment_token: str = Field(min_length=1, max_length=200)
     public_key: str = Field(description="the device's raw 32-byte Ed25519 public key, base64")
     hostname: str = Field(min_length=1, max_length=255)
+    encryption_key: str | None = Field(
+        default=None,
+        description="the device's raw 32-byte X25519 public key, base64: offline key material"
+        " is sealed to it (without it, key_material is null)",
+    )
 
 
 class DecisionIn(BaseModel):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from epm_domain.sealed import SealedError
+from epm_domain.sealed import parse_public_key as parse_encryption_key
 from epm_events.catalog import (
     DeviceEnrolled,
     DeviceRevoked,
@@ -15,14 +18,18 @@ from epm_events.catalog import (
 )
 from epm_events.ids import validate_tenant
 from epm_events.subjects import device_inbox_prefix
-from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
-from epm_service.principal import Principal
+from epm_service.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from epm_service.principal import SYSTEM, Principal
 from epm_service.publisher import ConcurrencyConflict
+from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
 
 from epm_request import enrollment, store
 from epm_request.store import RequestStore
 
+log = logging.getLogger(__name__)
+
+APPROVALS = "approval-svc"
 ADMIN_ROLES = frozenset({"msp_admin", "tenant_admin"})
 REQUEST_READERS = frozenset({"msp_admin", "msp_technician", "tenant_admin", "tenant_technician"})
 MAX_PAGE = 200
@@ -80,8 +87,14 @@ class RequestCommands:
         hostname = str(args.get("hostname") or "").strip()[:255]
         if not hostname:
             raise Invalid("hostname is required")
+        encryption_key = str(args.get("encryption_key") or "") or None
         try:
             enrollment.parse_public_key(str(args.get("public_key") or ""))
+            if encryption_key is not None:
+                parse_encryption_key(encryption_key)
+        except SealedError as exc:
+            raise Invalid(str(exc)) from None
+        try:
             found = await self.store.read(
                 lambda c: store.get_enrollment_token(c, enrollment.hash_secret(secret))
             )
@@ -93,6 +106,18 @@ class RequestCommands:
                 str(exc), status=401 if exc.reason == "unknown" else 403, title="Enrollment refused"
             ) from None
         device_id = enrollment.new_device_id()
+        # Offline policy and key material come first: if approval-svc cannot give them,
+        # the enrollment token is still unused and the agent can simply try again.
+        key_material = None
+        if encryption_key is not None:
+            key_material = await call(
+                self.ctx.bus.nc,
+                APPROVALS,
+                "device_key_material",
+                {"tenant": token.tenant, "device_id": device_id, "encryption_key": encryption_key},
+                SYSTEM,
+            )
+        policy = await self._offline_policy(token.tenant, required=key_material is not None)
         try:
             await self.ctx.publisher.append(
                 token.tenant,
@@ -111,6 +136,7 @@ class RequestCommands:
                     hostname=hostname,
                     public_key=str(args["public_key"]),
                     enrollment_id=token.id,
+                    encryption_key=encryption_key,
                 )
             ],
             0,
@@ -131,9 +157,27 @@ class RequestCommands:
                 "publish": f"epm.agent.{token.tenant}.{device_id}.>",
                 "device": f"epm.device.{token.tenant}.{device_id}.>",
             },
-            "policy": OfflinePolicy().model_dump(),
-            "key_material": None,
+            "policy": policy,
+            "key_material": key_material,
         }
+
+    async def _offline_policy(self, tenant: str, *, required: bool) -> dict[str, Any]:
+        """The tenant's offline policy from approval-svc. An agent without offline key material
+        may enroll while approval-svc is down: it gets the defaults now and the tenant's policy
+        on its device channel (approval-svc sends it when it sees DeviceEnrolled)."""
+        try:
+            policy: dict[str, Any] = await call(
+                self.ctx.bus.nc, APPROVALS, "get_policy", {"tenant": tenant}, SYSTEM, timeout=5
+            )
+        except Unavailable:
+            if required:
+                raise
+            log.warning(
+                "approval-svc unavailable; enrollment answer carries the default offline policy",
+                extra={"tenant": tenant},
+            )
+            return OfflinePolicy().model_dump()
+        return policy
 
     async def list_devices(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         tenant = await self._visible_tenant(p, str(args.get("tenant", "")))
