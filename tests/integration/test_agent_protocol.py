@@ -320,3 +320,18 @@ async def test_cli_request_prints_the_rule_decision_as_one_json_object(
     answer = orjson.loads(out)
     assert answer["status"] == "approved" and answer["decided_by"] == "rule:r-1"
     assert answer["request_id"].startswith("req-")
+
+
+async def test_status_shows_the_offline_policy_the_server_sent_last(bus: Bus, agent: Agent) -> None:
+    policy = {"challenge_response": False, "app_codes": True, "admin_codes": True}
+    await bus.js.publish(
+        device_subject(TENANT, DEVICE, "policy"),
+        orjson.dumps({"tenant": TENANT, "policy": policy, "seq": 7}),
+        headers={"Nats-Msg-Id": new_event_id()},
+    )
+
+    status = await agent.status()
+
+    assert status.policy == policy
+    async with Agent(agent.state.path, offline=True) as offline:
+        assert (await offline.status()).policy == policy

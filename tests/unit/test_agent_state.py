@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from epm_agent.device_key import DeviceKey
+from epm_agent.device_messages import PolicyChange
 from epm_agent.errors import NotEnrolled
 from epm_agent.state import Identity, LocalRequest, StateDir
 from epm_events.agent import RequestAnswer
@@ -88,7 +89,7 @@ def test_the_first_final_answer_wins(tmp_path: Path) -> None:
 
 def test_unknown_kinds_are_read_past_without_changing_requests(tmp_path: Path) -> None:
     state = opened(tmp_path)
-    assert not state.apply_device_message(3, "m-3", "policy", None)
+    assert not state.apply_device_message(3, "m-3", "lockout-lift", None)
     assert state.last_device_seq() == 3
     assert [(r.request_id, r.status) for r in state.requests()] == [("req-1", "open")]
 
@@ -101,3 +102,13 @@ def test_a_decision_for_a_request_this_state_never_saw_is_kept(tmp_path: Path) -
         "req-1": "open",
         "req-2": "approved",
     }
+
+
+def test_the_newest_policy_wins_whatever_order_it_is_read_in(tmp_path: Path) -> None:
+    state = opened(tmp_path)
+    newer = PolicyChange(policy={"app_codes": False, "admin_codes": True}, seq=40)
+    older = PolicyChange(policy={"app_codes": True}, seq=30)
+
+    assert state.apply_device_message(1, "m-1", "policy", newer)
+    assert not state.apply_device_message(2, "m-2", "policy", older)
+    assert state.require_identity().policy == {"app_codes": False, "admin_codes": True}

@@ -282,6 +282,7 @@ class Agent:
                 await self._read_device_channel(bus, identity)
             except ServerUnreachable:
                 online = False
+        identity = state.require_identity()  # the channel may have brought a new policy
         return AgentStatus(
             device_id=identity.device_id,
             tenant=identity.tenant,

@@ -13,19 +13,15 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from epm_events.agent import RequestAnswer
 from epm_events.streams import DEVICE
 from epm_events.subjects import device_filter
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from pydantic import ValidationError
 
+from epm_agent.device_messages import DeviceMessage, decode_device_message
 from epm_agent.errors import AgentError
 from epm_agent.state import Identity, StateDir
-
-DECISION_KIND = "decision"
-"""``epm.device.<t>.<d>.decision``: a RequestAnswer (Approved, Denied or RequestExpired)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +31,7 @@ class DeviceUpdate:
     seq: int
     kind: str
     applied: bool
-    answer: RequestAnswer | None = None
-
-
-def decode_device_message(kind: str, data: bytes) -> RequestAnswer | None:
-    """The kinds this agent understands; anything else (a newer server) is read past."""
-    if kind != DECISION_KIND:
-        return None
-    try:
-        return RequestAnswer.model_validate_json(data)
-    except ValidationError:
-        return None
+    message: DeviceMessage | None = None
 
 
 class DeviceChannel:
@@ -105,6 +91,6 @@ class DeviceChannel:
         seq = msg.metadata.sequence.stream
         kind = msg.subject.rsplit(".", 1)[-1]
         msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"seq-{seq}"
-        answer = decode_device_message(kind, msg.data)
-        applied = self._state.apply_device_message(seq, msg_id, kind, answer)
-        return DeviceUpdate(seq=seq, kind=kind, applied=applied, answer=answer)
+        message = decode_device_message(kind, msg.data)
+        applied = self._state.apply_device_message(seq, msg_id, kind, message)
+        return DeviceUpdate(seq=seq, kind=kind, applied=applied, message=message)

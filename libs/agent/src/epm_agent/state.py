@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from epm_events.agent import RequestAnswer
 
+from epm_agent.device_messages import DeviceMessage, PolicyChange
 from epm_agent.errors import AgentError, NotEnrolled
 from epm_agent.private_file import PRIVATE_FILE_MODE
 
@@ -101,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
         locked_until TEXT,
         cooloff_seconds REAL NOT NULL DEFAULT 0
     );
+    """,
+    # 2: the offline policy follows the server (``policy`` messages on EPM_DEVICE)
+    """
+    ALTER TABLE identity ADD COLUMN policy_seq INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -331,7 +336,7 @@ class StateDir:
         return int(seq)
 
     def apply_device_message(
-        self, seq: int, msg_id: str, kind: str, answer: RequestAnswer | None
+        self, seq: int, msg_id: str, kind: str, message: DeviceMessage | None
     ) -> bool:
         """Apply one EPM_DEVICE message and advance the read position in one transaction.
 
@@ -351,7 +356,13 @@ class StateDir:
             ).fetchone()
             if seen:
                 return False
-            changed = answer is not None and _apply_answer(db, answer)
+            if isinstance(message, RequestAnswer):
+                changed = _apply_answer(db, message)
+            elif isinstance(message, PolicyChange):
+                changed = _apply_policy(db, message)
+            else:
+                changed = False
+            request_id = message.request_id if isinstance(message, RequestAnswer) else None
             db.execute(
                 "INSERT INTO device_messages (msg_id, seq, kind, request_id, outcome, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -359,7 +370,7 @@ class StateDir:
                     msg_id,
                     seq,
                     kind,
-                    answer.request_id if answer else None,
+                    request_id,
                     "applied" if changed else "ignored",
                     now_iso(),
                 ),
@@ -427,6 +438,15 @@ def _apply_answer(db: sqlite3.Connection, answer: RequestAnswer) -> bool:
         (answer.status, answer.decided_by, answer.rule_id, answer.scope, now, answer.request_id),
     )
     return True
+
+
+def _apply_policy(db: sqlite3.Connection, change: PolicyChange) -> bool:
+    """The newest policy wins, whatever order updates are read in."""
+    cursor = db.execute(
+        "UPDATE identity SET policy = ?, policy_seq = ? WHERE id = 1 AND policy_seq < ?",
+        (orjson.dumps(change.policy).decode(), change.seq, change.seq),
+    )
+    return cursor.rowcount > 0
 
 
 def _statements(script: str) -> list[str]:

@@ -1,0 +1,40 @@
+"""What the server sends a device on ``epm.device.<tenant>.<device>.<kind>``, as the agent
+reads it. Kinds this release does not know (a newer server) decode to None and are read past."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from epm_events.agent import RequestAnswer
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+DECISION_KIND = "decision"
+"""A RequestAnswer: Approved, Denied or RequestExpired for one of this device's requests."""
+
+POLICY_KIND = "policy"
+"""The tenant's offline policy now; ``seq`` orders updates (highest wins)."""
+
+
+class PolicyChange(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    policy: dict[str, Any]
+    seq: int
+
+
+DeviceMessage = RequestAnswer | PolicyChange
+
+_DECODERS: dict[str, type[RequestAnswer] | type[PolicyChange]] = {
+    DECISION_KIND: RequestAnswer,
+    POLICY_KIND: PolicyChange,
+}
+
+
+def decode_device_message(kind: str, data: bytes) -> DeviceMessage | None:
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        return None
+    try:
+        return decoder.model_validate_json(data)
+    except ValidationError:
+        return None
