@@ -92,7 +92,9 @@ async def on_start(ctx: ServiceContext) -> None:
     approval = Approval.of(ctx)
     await approval.view.wait_caught_up()
     await approval.rules.sync()
-    await ctx.start_worker(OutboxRelay(ctx.bus.js, ctx.projector(OfflineView.name)))
+    offline_view = ctx.projector(OfflineView.name)
+    await offline_view.wait_caught_up()
+    await ctx.start_worker(OutboxRelay(ctx.bus.js, offline_view))
     offline = OfflineCommands(offline_of(ctx))
     await ctx.start_worker(DeviceCommandServer(ctx.bus.nc, offline, queue=NAME))
 

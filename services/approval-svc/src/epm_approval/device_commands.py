@@ -37,7 +37,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from epm_approval.offline_commands import OfflineCommands
-from epm_approval.offline_view import OfflineDevice, find_device
+from epm_approval.offline_view import OfflineDevice
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class DeviceCommandServer:
     ) -> tuple[OfflineDevice, str, dict[str, Any]]:
         headers = msg.headers or {}
         msg_id = validate_token(headers.get("Nats-Msg-Id", ""), "Nats-Msg-Id")
-        device = await self.commands.o.view.read(lambda c: find_device(c, device_id))
-        if device is None or device.tenant != tenant or device.revoked:
+        device = await self.commands.known_device(tenant, device_id)
+        if device is None or device.revoked:
             raise NotFound(f"device {device_id!r} is not enrolled in tenant {tenant!r}: enroll it")
         try:
             signature = base64.b64decode(headers.get(SIGNATURE_HEADER, ""), validate=True)

@@ -432,13 +432,24 @@ class OfflineCommands:
 
     async def _device(self, tenant: str, args: dict[str, Any]) -> OfflineDevice:
         device_id = validate_device(text(args, "device_id", max_len=63))
-        device = await self.o.view.read(lambda c: find_device(c, device_id))
-        if device is None or device.tenant != tenant:
+        device = await self.known_device(tenant, device_id)
+        if device is None:
             raise NotFound(
                 f"device {device_id!r} not found in tenant {tenant!r}; pick one from the "
-                "tenant's computers (GET /v1/tenants/{tenant}/devices)"
+                f"tenant's computers (GET /v1/tenants/{tenant}/devices)"
             )
         return usable(device)
+
+    async def known_device(self, tenant: str, device_id: str) -> OfflineDevice | None:
+        """The tenant's device as the offline view has it, None if the tenant has no such one."""
+        device = await self.o.view.read(lambda c: find_device(c, device_id))
+        if device is None:
+            # Enrolled a moment ago? The stream is the truth; wait until the view has it.
+            stored = await read_aggregate(self.o.js, tenant, "device", device_id)
+            if stored:
+                await self.o.view.wait_for(stored[0].seq, timeout=READ_YOUR_WRITES_SECONDS)
+                device = await self.o.view.read(lambda c: find_device(c, device_id))
+        return device if device is not None and device.tenant == tenant else None
 
     async def _key_state(self, tenant: str, device_id: str) -> DeviceKeyState:
         """The device's key state as the stream has it (the projection may be behind)."""
