@@ -12,7 +12,7 @@ import typer
 from epm_cli.dev.command import dev
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.services import SERVICES, runner
-from epm_cli.technician import tenant, token
+from epm_cli.technician import devices, requests, rules, tenant, token
 
 app = typer.Typer(
     help="EPM: endpoint privilege management for MSPs. Every command accepts --json.",
@@ -24,6 +24,10 @@ events_app = typer.Typer(help="The event contract and the event stream.", no_arg
 app.command(name="dev")(dev)
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(token.app, name="token")
+app.add_typer(devices.enrollment_app, name="enrollment-token")
+app.add_typer(devices.device_app, name="device")
+app.add_typer(requests.app, name="request")
+app.add_typer(rules.app, name="rule")
 app.add_typer(streams_app, name="streams")
 app.add_typer(events_app, name="events")
 

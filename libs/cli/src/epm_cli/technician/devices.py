@@ -1,0 +1,95 @@
+"""``epm enrollment-token create`` and ``epm device list|revoke``: enrolling and managing computers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from epm_cli.output import JsonFlag, emit
+from epm_cli.technician.options import (
+    DataDirOption,
+    TokenOption,
+    UrlOption,
+    api_session,
+    render_table,
+)
+
+enrollment_app = typer.Typer(help="One-time tokens that enroll a device.", no_args_is_help=True)
+device_app = typer.Typer(help="Enrolled computers of a tenant.", no_args_is_help=True)
+
+TenantOption = Annotated[str, typer.Option("--tenant", help="The tenant id, e.g. acme.")]
+
+
+@enrollment_app.command("create")
+def create_enrollment_token(
+    tenant: TenantOption,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", help="Lifetime in seconds (default 7 days).")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a one-time enrollment token (shown once) for one device of TENANT.
+
+    Example: epm enrollment-token create --tenant acme
+    then on the computer: epm-agent enroll --url http://127.0.0.1:8080 --enrollment-token <token>
+    """
+    with api_session(url, token, data_dir, as_json) as api:
+        answer = api.call(
+            "POST", f"/v1/tenants/{tenant}/enrollment-tokens", {"ttl_seconds": ttl} if ttl else {}
+        )
+    emit(
+        answer,
+        as_json,
+        f"{answer.get('token')}\n(one device, expires {answer.get('expires_at')}; shown once)",
+    )
+
+
+@device_app.command("list")
+def list_devices(
+    tenant: TenantOption,
+    offline_open: Annotated[
+        bool,
+        typer.Option("--offline-open", help="Only computers whose last request was still open."),
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a tenant's computers, those with an open request first.
+
+    Example: epm device list --tenant acme
+    """
+    path = f"/v1/tenants/{tenant}/devices" + ("?offline=open" if offline_open else "")
+    with api_session(url, token, data_dir, as_json) as api:
+        answer = api.call("GET", path)
+    items = answer.get("items", [])
+    emit(
+        answer,
+        as_json,
+        render_table(
+            items, ["device_id", "hostname", "offline_open", "revoked"], "no devices enrolled"
+        ),
+    )
+
+
+@device_app.command("revoke")
+def revoke_device(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device id (d-...).")],
+    tenant: TenantOption,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a device: its messages are refused from now on.
+
+    Example: epm device revoke d-0123456789abcdef --tenant acme
+    """
+    with api_session(url, token, data_dir, as_json) as api:
+        api.call("DELETE", f"/v1/tenants/{tenant}/devices/{device_id}")
+    emit({"device_id": device_id, "revoked": True}, as_json, f"device {device_id} revoked")
