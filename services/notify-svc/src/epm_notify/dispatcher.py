@@ -74,6 +74,8 @@ class Dispatcher:
         self.max_age = max_age
         self._in_flight: dict[str, str] = {}  # notification id -> channel id
         self._per_channel: dict[str, int] = {}
+        # When each try ended: a schedule read that began before then may predate its write.
+        self._ended: dict[str, float] = {}
         self._secrets: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,6 +129,8 @@ class Dispatcher:
     async def _dispatch_due(self) -> float:
         """Start a try for every due delivery there is room for; seconds until the next."""
         now = time.time()
+        began = time.monotonic()
+        self._ended = {k: t for k, t in self._ended.items() if t > began - 60}
         room = self.max_in_flight - len(self._in_flight)
         if room > 0:
             full = frozenset(c for c, n in self._per_channel.items() if n >= self.per_channel)
@@ -137,6 +141,8 @@ class Dispatcher:
                 cid = d.channel.id
                 if d.notification_id in self._in_flight:
                     continue
+                if self._ended.get(d.notification_id, 0.0) >= began:
+                    continue  # this read may be older than that try's record; read again
                 if self._per_channel.get(cid, 0) >= self.per_channel or room <= 0:
                     continue
                 room -= 1
@@ -201,6 +207,7 @@ class Dispatcher:
                     store.record_try, d.notification_id, d.attempts, time.time() + delay, "error"
                 )
         finally:
+            self._ended[d.notification_id] = time.monotonic()
             self._in_flight.pop(d.notification_id, None)
             n = self._per_channel.get(ch.id, 1) - 1
             if n > 0:
