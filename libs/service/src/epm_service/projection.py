@@ -102,6 +102,9 @@ class Projection:
 
     name: str = ""
     schema: str = ""
+    max_batch: int = 5000
+    """Most events per transaction, unless the Projector is given its own; a hot path
+    whose commits are costly (the audit trail's random-key index) asks for more."""
 
     def handlers(self) -> Mapping[type[Event], Handler]:
         return {}
@@ -162,7 +165,7 @@ class Projector:
         service: str,
         filter_subject: str = ALL_EVENTS,
         stream: str = EVENTS.name,
-        max_batch: int = 5000,
+        max_batch: int | None = None,
         max_buffer: int = 50_000,
     ) -> None:
         self.js = js
@@ -171,7 +174,7 @@ class Projector:
         self.service = service
         self.filter_subject = filter_subject
         self.stream = stream
-        self.max_batch = max_batch
+        self.max_batch = max_batch or projection.max_batch
         self.max_buffer = max_buffer
         self.position = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{projection.name}-writer")

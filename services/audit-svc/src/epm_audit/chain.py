@@ -22,6 +22,7 @@ with ``sha256sum``: ``printf '%s%s' "$prev_hash" "$canonical" | sha256sum``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ import orjson
 
 GENESIS = "0" * 64
 """``prev_hash`` of the first record of every chain."""
+
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +76,20 @@ def canonical_record(
 ) -> bytes:
     """The RFC 8785 form of a record.
 
-    Keys are written already in RFC 8785 order (all ASCII, so code-unit order
-    is byte order) and every value is a string or a small integer, for which
-    orjson's output is exactly RFC 8785's; ``test_audit_chain`` proves it
-    against the ``rfc8785`` reference implementation.
+    Keys are written in RFC 8785 order (all ASCII, so code-unit order is byte
+    order); the integers are below 2**53, where RFC 8785 writes plain digits.
+    Strings that need no escaping (no quote, backslash or control character:
+    every real id and subject) are written as they are, in UTF-8, which is
+    what RFC 8785 does; anything else goes through orjson, whose string
+    escapes are RFC 8785's. ``test_audit_chain`` checks both paths against
+    the ``rfc8785`` reference implementation.
     """
+    if _NEEDS_ESCAPE.search(f"{event_id}{subject}{tenant}{type}") is None:
+        return (
+            f'{{"chain_seq":{chain_seq},"event_id":"{event_id}","event_sha256":"{event_sha256}",'
+            f'"received_ns":"{received_ns}","seq":{seq},"subject":"{subject}",'
+            f'"tenant":"{tenant}","type":"{type}"}}'
+        ).encode()
     return orjson.dumps(
         {
             "chain_seq": chain_seq,
