@@ -42,6 +42,8 @@ class RpcServer:
         self._sub = await self.nc.subscribe(
             rpc_service_filter(self.service), queue=self.service, cb=self._on_msg
         )
+        # Once start() returns, the server knows the subscription: no "no responders" race.
+        await self.nc.flush()
 
     async def stop(self) -> None:
         if self._sub is not None:
