@@ -45,6 +45,7 @@ from tests.integration.test_offline_policy import (
     services,
     wait_device_messages,
 )
+from tests.integration.test_request_svc import eventually
 
 __all__ = ["offline_settings", "services"]  # fixtures
 
@@ -254,8 +255,6 @@ async def test_another_tenants_device_is_not_found_and_unknown_or_revoked_device
         except Exception as exc:
             return "revoked" in str(exc)
         return False
-
-    from tests.integration.test_offline_policy import eventually
 
     assert await eventually(revoked)
 

@@ -3,12 +3,10 @@ request-svc in process. Helpers here are shared by the other test_offline_* file
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +30,8 @@ from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
 from nats.errors import ConnectionClosedError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from tests.integration.test_request_svc import eventually
 
 T = TypeVar("T")
 
@@ -114,17 +114,6 @@ async def enroll(bus: Bus, tenant: str = "acme", *, with_encryption_key: bool = 
         args["encryption_key"] = base64.b64encode(encryption_public).decode()
     answer = await call(bus.nc, "request-svc", "enroll", args, SYSTEM)
     return Device(tenant, answer["device_id"], signing, private, answer)
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.05)
 
 
 async def device_messages(bus: Bus, device: Device, kind: str) -> list[dict[str, Any]]:

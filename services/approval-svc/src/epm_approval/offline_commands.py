@@ -233,16 +233,7 @@ class OfflineCommands:
         access.require_offline_issuer(principal)
         device = await self._device(tenant, args)
         count = _checked(check_count, args.get("count"))
-        policy, _ = await self.o.view.read(lambda c: find_policy(c, tenant))
-        grant = _checked(
-            check_code,
-            policy,
-            str(args.get("purpose") or ""),
-            now=datetime.now(UTC),
-            sha256=args.get("sha256"),
-            minutes=args.get("minutes"),
-            expires_in=args.get("expires_in"),
-        )
+        grant = await self._code_grant(tenant, args, self_generated=False)
         issued = await self.issue_codes(
             tenant, device, grant, count, issued_by=principal.actor, self_generated=False
         )
@@ -253,8 +244,17 @@ class OfflineCommands:
     ) -> IssuedCode:
         """The device's own ``offline generate`` (epm_approval.device_commands authenticates)."""
         usable(device)
+        grant = await self._code_grant(tenant, args, self_generated=True)
+        [issued] = await self.issue_codes(
+            tenant, device, grant, 1, issued_by=f"device:{device.id}", self_generated=True
+        )
+        return issued
+
+    async def _code_grant(
+        self, tenant: str, args: dict[str, Any], *, self_generated: bool
+    ) -> CodeGrant:
         policy, _ = await self.o.view.read(lambda c: find_policy(c, tenant))
-        grant = _checked(
+        return _checked(
             check_code,
             policy,
             str(args.get("purpose") or ""),
@@ -262,12 +262,8 @@ class OfflineCommands:
             sha256=args.get("sha256"),
             minutes=args.get("minutes"),
             expires_in=args.get("expires_in"),
-            self_generated=True,
+            self_generated=self_generated,
         )
-        [issued] = await self.issue_codes(
-            tenant, device, grant, 1, issued_by=f"device:{device.id}", self_generated=True
-        )
-        return issued
 
     async def issue_codes(
         self,
