@@ -169,12 +169,16 @@ class Dispatcher:
             "event_id": d.source_event_id,
         }
         attempt = d.attempts + 1
+        holds_slot = True
         try:
             if time.time() - d.source_time > self.max_age:
                 log.info("too old to announce; skipped", extra=ctx)
                 await self._write(store.record_closed, d.notification_id, "stale", d.attempts)
                 return
             outcome = await self._send(d)
+            # the channel may take its next notification while this one's outcome is recorded
+            self._release(ch.id)
+            holds_slot = False
             if isinstance(outcome, Delivered):
                 await self._record_sent(d, attempt)
                 log.info("notification sent", extra={**ctx, "attempt": attempt})
@@ -209,12 +213,17 @@ class Dispatcher:
         finally:
             self._ended[d.notification_id] = time.monotonic()
             self._in_flight.pop(d.notification_id, None)
-            n = self._per_channel.get(ch.id, 1) - 1
-            if n > 0:
-                self._per_channel[ch.id] = n
-            else:
-                self._per_channel.pop(ch.id, None)
+            if holds_slot:
+                self._release(ch.id)
             self._wake.set()
+
+    def _release(self, channel_id: str) -> None:
+        n = self._per_channel.get(channel_id, 1) - 1
+        if n > 0:
+            self._per_channel[channel_id] = n
+        else:
+            self._per_channel.pop(channel_id, None)
+        self._wake.set()
 
     async def _send(self, d: store.Due) -> Outcome:
         try:
@@ -240,8 +249,7 @@ class Dispatcher:
             source_event_id=d.source_event_id,
             attempt=attempt,
         )
-        await self._append(d, event)
-        await self._write(store.record_closed, d.notification_id, "sent", attempt)
+        await self._close(d, event, "sent", attempt)
 
     async def _record_failed(self, d: store.Due, attempt: int, error: str) -> None:
         event = NotificationFailed(
@@ -260,18 +268,24 @@ class Dispatcher:
             detail=f"{error} after {attempt} tries (notification {d.notification_id})",
             msg_id=derived_event_id(d.notification_id, "DeadLetter"),
         )
-        await self._append(d, event)
-        await self._write(store.record_closed, d.notification_id, "failed", attempt)
+        await self._close(d, event, "failed", attempt)
 
-    async def _append(self, d: store.Due, event: NotificationSent | NotificationFailed) -> None:
-        # A conflict: recorded already, by an earlier run that crashed before closing the row.
-        with contextlib.suppress(ConcurrencyConflict):
-            await self.publisher.append(
+    async def _close(
+        self, d: store.Due, event: NotificationSent | NotificationFailed, status: str, attempt: int
+    ) -> None:
+        """Record the outcome as an event; the store closes the row when it applies it (one
+        writer, no lock contention on the hot path). Until then the try counts as in flight."""
+        try:
+            [appended] = await self.publisher.append(
                 d.channel.tenant,
                 [event],
                 0,
                 ids=[derived_event_id(d.notification_id, event.NAME)],
             )
+        except ConcurrencyConflict:
+            appended = None  # recorded already, by a run that crashed before the store saw it
+        if appended is None or not await self.projector.wait_for(appended.seq, timeout=5.0):
+            await self._write(store.record_closed, d.notification_id, status, attempt)
 
     async def _write(self, fn: Callable[..., None], *args: object) -> None:
         conn = self._conn
