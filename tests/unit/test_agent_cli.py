@@ -56,10 +56,6 @@ def test_usage_errors_follow_json(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ("offline", "request-code", "--admin", "30"),
-        ("offline", "respond", "ABCD-EFGH-JKMN"),
-        ("offline", "redeem", "CODE"),
-        ("offline", "generate", "--purpose", "app"),
         ("sync",),
         (
             "simulate",

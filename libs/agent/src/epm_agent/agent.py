@@ -21,17 +21,22 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from epm_events.agent import RequestAnswer
+from epm_events.catalog import AppInfo
 from epm_events.streams import AGENT
 from epm_service.bus import Bus, connect
 from epm_service.settings import Settings
 from pydantic import ValidationError
 
+from epm_agent.clock import Clock, iso, system_clock
 from epm_agent.device_channel import DeviceChannel, DeviceUpdate
 from epm_agent.device_key import DeviceKey
 from epm_agent.elevation import SignedMessage, describe_app, elevation_message
+from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled
 from epm_agent.private_file import write_private_file
+from epm_agent.self_service import Refused, read_generated_code, self_generate_request
 from epm_agent.state import FINAL_STATUSES, Identity, LocalRequest, StateDir, now_iso
 
 ANSWER_TIMEOUT = 3.0
@@ -62,9 +67,12 @@ class AgentStatus:
     online: bool
     policy: dict[str, Any]
     requests: tuple[LocalRequest, ...]
+    locked_until: str | None = None
+    key_version: int | None = None
+    admin_until: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "device_id": self.device_id,
             "tenant": self.tenant,
             "online": self.online,
@@ -75,6 +83,13 @@ class AgentStatus:
                 for r in self.requests
             ],
         }
+        if self.locked_until is not None:
+            out["locked_until"] = self.locked_until
+        if self.key_version is not None:
+            out["key_version"] = self.key_version
+        if self.admin_until is not None:
+            out["admin_until"] = self.admin_until
+        return out
 
 
 class Agent:
@@ -87,8 +102,10 @@ class Agent:
         offline: bool = False,
         answer_timeout: float = ANSWER_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        clock: Clock = system_clock,
     ) -> None:
         self.state = StateDir(state_dir)
+        self.clock = clock
         self.offline = offline
         self.answer_timeout = answer_timeout
         self.connect_timeout = connect_timeout
@@ -132,14 +149,22 @@ class Agent:
         if self.offline:
             raise ServerUnreachable("enrollment needs the server; run it without --offline")
         key = DeviceKey.generate()
+        sealing = EncryptionKey.generate()
         hostname = hostname or socket.gethostname()
-        answer = await request_enrollment(url, enrollment_token, key.public_key_b64(), hostname)
+        answer = await request_enrollment(
+            url,
+            enrollment_token,
+            key.public_key_b64(),
+            hostname,
+            encryption_key_b64=sealing.public_key_b64(),
+        )
         if not _INBOX_PREFIX.fullmatch(answer.inbox_prefix):
             raise AgentError(
                 f"the server gave an unusable inbox prefix {answer.inbox_prefix!r}; "
                 "report this to the EPM operator"
             )
         key.save(state.key_path)
+        sealing.save(state.encryption_key_path)
         creds_file = None
         if answer.nats.creds:
             write_private_file(state.creds_path, answer.nats.creds.encode())
@@ -181,6 +206,7 @@ class Agent:
         a technician's decision on the device channel."""
         state = self._state()
         identity = state.require_identity()
+        self.offline_access(identity).close_expired_sessions()
         try:
             app = describe_app(
                 exe,
@@ -195,7 +221,8 @@ class Agent:
         if bus is None:
             raise ServerUnreachable(
                 f"the server at {identity.nats_url} cannot be reached, so the request was not "
-                "sent; try again when online (offline codes come with a later agent release)"
+                "sent; try again when online, or run 'epm-agent offline request-code --exe "
+                f"{exe}' and call the help desk"
             )
         key = DeviceKey.load(state.key_path)
         reply_to = bus.nc.new_inbox()
@@ -283,13 +310,116 @@ class Agent:
             except ServerUnreachable:
                 online = False
         identity = state.require_identity()  # the channel may have brought a new policy
+        offline = self.offline_access(identity)
+        offline.close_expired_sessions()
+        now = self.clock()
+        lockout = offline.lockout()
+        sessions = offline.admin_sessions()
+        versions = offline.tables.key_materials()
         return AgentStatus(
             device_id=identity.device_id,
             tenant=identity.tenant,
             online=online,
             policy=identity.policy,
             requests=tuple(state.requests()),
+            locked_until=iso(lockout.locked_until)
+            if lockout.locked_until and lockout.locked(now)
+            else None,
+            key_version=versions[0][0] if versions else None,
+            admin_until=iso(max(s.ends_at for s in sessions)) if sessions else None,
         )
+
+    # --- offline codes ---------------------------------------------------------------
+
+    def offline_access(self, identity: Identity | None = None) -> OfflineAccess:
+        state = self._state()
+        return OfflineAccess(state, identity or state.require_identity(), self.clock)
+
+    async def offline_request_code(
+        self,
+        *,
+        exe: str | None = None,
+        sha256: str | None = None,
+        admin_minutes: int | None = None,
+        user: str = "",
+    ) -> str:
+        """A 6-digit request code for the help desk (no server needed)."""
+        offline = self.offline_access()
+        offline.close_expired_sessions()
+        app = self._describe(exe, sha256) if exe or sha256 else None
+        return offline.request_code(app=app, admin_minutes=admin_minutes, user=user)
+
+    async def offline_respond(self, code: str, *, user: str = "") -> Granted:
+        offline = self.offline_access()
+        offline.close_expired_sessions()
+        return offline.respond(code, user=user)
+
+    async def offline_redeem(
+        self, code: str, *, exe: str | None = None, sha256: str | None = None, user: str = ""
+    ) -> Granted:
+        offline = self.offline_access()
+        offline.close_expired_sessions()
+        app = self._describe(exe, sha256) if exe or sha256 else None
+        return offline.redeem(code, app=app, user=user)
+
+    async def offline_generate(
+        self,
+        purpose: str,
+        *,
+        exe: str | None = None,
+        sha256: str | None = None,
+        minutes: int | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """One offline access code for this device, made by the server (online only)."""
+        state = self._state()
+        identity = state.require_identity()
+        self.offline_access(identity).close_expired_sessions()
+        app = self._describe(exe, sha256) if exe or sha256 else None
+        bus = await self._connect(identity)
+        if bus is None:
+            raise ServerUnreachable(
+                f"the server at {identity.nats_url} cannot be reached: generating an offline "
+                "code needs it (codes are for later, when you are offline)"
+            )
+        message = self_generate_request(
+            DeviceKey.load(state.key_path),
+            tenant=identity.tenant,
+            device_id=identity.device_id,
+            purpose=purpose,
+            now=self.clock(),
+            sha256=app.sha256 if app else None,
+            minutes=minutes,
+        )
+        try:
+            reply = await bus.nc.request(
+                message.subject, message.body, timeout=timeout, headers=message.headers
+            )
+        except nats.errors.NoRespondersError:
+            raise AgentError(
+                "nobody answers device commands on the server (approval-svc is not running); "
+                "try again later"
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise ServerUnreachable("the server did not answer in time; try again") from None
+        try:
+            return read_generated_code(
+                reply.data,
+                EncryptionKey.load(state.encryption_key_path),
+                tenant=identity.tenant,
+                device_id=identity.device_id,
+                msg_id=message.msg_id,
+            )
+        except Refused as exc:
+            if exc.provision in PROVISIONS:
+                raise PolicyDisabled(str(exc.provision)) from None
+            raise
+
+    def _describe(self, exe: str | None, sha256: str | None) -> AppInfo:
+        try:
+            return describe_app(exe or sha256 or "", sha256=sha256)
+        except ValidationError as exc:
+            raise AgentError(f"cannot describe {exe}: {_first_problem(exc)}") from None
 
     async def sync_device_channel(self, timeout: float = 10.0) -> list[DeviceUpdate]:
         """Apply every decision sent to this device since the last read."""

@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 import orjson
 
 from epm_agent.agent import Agent, AgentStatus, RequestOutcome
+from epm_agent.clock import clock_from_env
 from epm_agent.errors import AgentError, NotImplementedYet
+from epm_agent.offline import CodeRefused, Granted
 from epm_agent.state import STATE_DIR_ENV, default_state_dir
 
 EXIT_FAILED = 1
@@ -31,6 +33,11 @@ examples:
   epm-agent request --exe 'C:\\Tools\\setup.exe' --sha256 HASH --publisher "Acme" \\
       --app-name "Acme Setup" --user alice --reason "update" --wait 60
   epm-agent status --json
+  epm-agent offline request-code --exe /usr/bin/tool      (offline: call the help desk)
+  epm-agent offline respond 7K3M-Q9XD-2HBA
+  epm-agent offline redeem 0A2B-C3D4-E5F6 --exe /usr/bin/tool
+
+EPM_AGENT_NOW (tests only) fixes this agent's clock, e.g. 2030-01-02T03:04:05Z.
 
 The state dir defaults to ${STATE_DIR_ENV}, else ~/.epm-agent.
 """
@@ -145,23 +152,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline_commands.required = True
 
-    def offline_command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = offline_commands.add_parser(name, help=help, description=help, parents=[common])
-        sub.set_defaults(run=_not_implemented(f"offline {name}"))
-        return sub
+    def offline_command(name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+        return offline_commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
 
-    request_code = offline_command("request-code", "Show a 6-digit request code for the help desk.")
-    what = request_code.add_mutually_exclusive_group()
+    request_code = offline_command(
+        "request-code",
+        "Show a 6-digit request code for the help desk (works offline).",
+        "examples:\n  epm-agent offline request-code --exe /usr/bin/tool\n"
+        "  epm-agent offline request-code --admin 30\n"
+        "Read the code to the help desk; enter their answer with 'epm-agent offline respond'.",
+    )
+    what = request_code.add_mutually_exclusive_group(required=True)
     what.add_argument("--exe", help="the application to elevate")
     what.add_argument("--admin", type=int, metavar="MINUTES", help="temporary full admin")
-    offline_command("respond", "Enter the help desk's response code.").add_argument("code")
-    redeem = offline_command("redeem", "Redeem an offline access code.")
+    request_code.add_argument("--sha256", help="with --exe: when it is not a file here")
+    request_code.add_argument("--user", default="", help="who asks (default: this user)")
+    request_code.set_defaults(run=_request_code)
+
+    respond = offline_command(
+        "respond",
+        "Enter the help desk's response code (XXXX-XXXX-XXXX; case and dashes do not matter).",
+        "example:\n  epm-agent offline respond 7K3M-Q9XD-2HBA",
+    )
+    respond.add_argument("code")
+    respond.add_argument("--user", default="", help="who uses it (default: who asked)")
+    respond.set_defaults(run=_respond)
+
+    redeem = offline_command(
+        "redeem",
+        "Redeem an offline access code (works offline, once).",
+        "examples:\n  epm-agent offline redeem 0A2B-C3D4-E5F6 --exe /usr/bin/tool\n"
+        "  epm-agent offline redeem 0A2B-C3D4-E5F6      (a full-admin code)",
+    )
     redeem.add_argument("code")
-    redeem.add_argument("--exe", help="the application to elevate")
-    generate = offline_command("generate", "Generate an offline access code (online only).")
+    redeem.add_argument("--exe", help="the application to elevate (application codes)")
+    redeem.add_argument("--sha256", help="with --exe: when it is not a file here")
+    redeem.add_argument("--user", default="", help="who uses it (default: this user)")
+    redeem.set_defaults(run=_redeem)
+
+    generate = offline_command(
+        "generate",
+        "Generate an offline access code for later (online only; the policy must allow it).",
+        "examples:\n  epm-agent offline generate --purpose app --exe /usr/bin/tool\n"
+        "  epm-agent offline generate --purpose admin --minutes 30",
+    )
     generate.add_argument("--purpose", required=True, choices=("app", "admin"))
-    generate.add_argument("--exe", help="the application the code is for")
-    generate.add_argument("--minutes", type=int, help="admin minutes")
+    generate.add_argument("--exe", help="pin the code to this application")
+    generate.add_argument("--sha256", help="pin the code to this SHA-256")
+    generate.add_argument("--minutes", type=int, help="admin minutes (15, 30, 60, 120, ...)")
+    generate.set_defaults(run=_generate)
 
     sync = command("sync", "Upload the offline log and read decisions.")
     sync.set_defaults(run=_not_implemented("sync"))
@@ -209,6 +255,49 @@ async def _status(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any
     return status.as_json(), _describe_status(status)
 
 
+async def _request_code(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    code = await agent.offline_request_code(
+        exe=args.exe, sha256=args.sha256, admin_minutes=args.admin, user=args.user
+    )
+    what = f"full admin for {args.admin} minutes" if args.admin else args.exe
+    human = (
+        f"Request code: {code}\n"
+        f"Read it to the help desk ({what}), then enter their answer with\n"
+        "  epm-agent offline respond XXXX-XXXX-XXXX"
+    )
+    return {"request_code": code}, human
+
+
+async def _respond(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    granted = await agent.offline_respond(args.code, user=args.user)
+    return granted.as_json(), _describe_grant(granted)
+
+
+async def _redeem(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    granted = await agent.offline_redeem(
+        args.code, exe=args.exe, sha256=args.sha256, user=args.user
+    )
+    return granted.as_json(), _describe_grant(granted)
+
+
+async def _generate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    out = await agent.offline_generate(
+        args.purpose, exe=args.exe, sha256=args.sha256, minutes=args.minutes
+    )
+    shown: dict[str, Any] = {k: out[k] for k in ("code", "purpose", "expires_at", "key_version") if k in out}
+    human = (
+        f"Offline {args.purpose} code: {out['code']}\n"
+        f"Valid once, until {out.get('expires_at')}; keep it for when this computer is offline."
+    )
+    return shown, human
+
+
+def _describe_grant(granted: Granted) -> str:
+    if granted.grant == "admin":
+        return f"Granted: full admin for {granted.minutes} minutes (until {granted.as_json()['ends_at']})."
+    return f"Granted: this application may run elevated once ({granted.app.file_name if granted.app else ''})."
+
+
 def _not_implemented(name: str) -> Runner:
     async def run(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         raise NotImplementedYet(
@@ -253,12 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     as_json: bool = getattr(args, "json", False)
     state_dir: Path = getattr(args, "state_dir", None) or default_state_dir()
-    agent = Agent(state_dir, offline=getattr(args, "offline", False))
     run: Runner = args.run
     try:
+        agent = Agent(state_dir, offline=getattr(args, "offline", False), clock=clock_from_env())
         obj, human = asyncio.run(_run(agent, args, run))
     except NotImplementedYet as exc:
         return _fail(str(exc), as_json, EXIT_NOT_IMPLEMENTED)
+    except CodeRefused as exc:
+        return _fail(str(exc), as_json, EXIT_FAILED, {"reason": exc.reason, **exc.extra})
     except AgentError as exc:
         return _fail(str(exc), as_json, EXIT_FAILED)
     except KeyboardInterrupt:
@@ -277,9 +368,9 @@ async def _run(agent: Agent, args: argparse.Namespace, run: Runner) -> tuple[dic
         await agent.close()
 
 
-def _fail(message: str, as_json: bool, code: int) -> int:
+def _fail(message: str, as_json: bool, code: int, extra: dict[str, Any] | None = None) -> int:
     if as_json:
-        _print_json({"error": message})
+        _print_json({"error": message, **(extra or {})})
     else:
         print(f"error: {message}", file=sys.stderr)
     return code

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from epm_domain.sealed import SealedError, open_device_keys
 from epm_events.streams import DEVICE
 from epm_events.subjects import device_filter
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from epm_agent.device_messages import DeviceMessage, decode_device_message
+from epm_agent.device_messages import DeviceMessage, KeyUpdate, decode_device_message
+from epm_agent.encryption_key import EncryptionKey
 from epm_agent.errors import AgentError
 from epm_agent.state import Identity, StateDir
 
@@ -38,6 +40,7 @@ class DeviceChannel:
     def __init__(self, js: JetStreamContext, state: StateDir, identity: Identity) -> None:
         self._js = js
         self._state = state
+        self._identity = identity
         self._filter = device_filter(identity.tenant, identity.device_id)
 
     async def read(
@@ -92,5 +95,21 @@ class DeviceChannel:
         kind = msg.subject.rsplit(".", 1)[-1]
         msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"seq-{seq}"
         message = decode_device_message(kind, msg.data)
+        if isinstance(message, KeyUpdate) and not self._opens(message):
+            message = None  # not sealed to this device for this version: read past it
         applied = self._state.apply_device_message(seq, msg_id, kind, message)
         return DeviceUpdate(seq=seq, kind=kind, applied=applied, message=message)
+
+    def _opens(self, update: KeyUpdate) -> bool:
+        """Key material is kept sealed; it must open here before it replaces the old."""
+        try:
+            key = EncryptionKey.load(self._state.encryption_key_path)
+            open_device_keys(
+                {"key_version": update.key_version, "sealed": update.sealed},
+                key.private_raw,
+                self._identity.tenant,
+                self._identity.device_id,
+            )
+        except (AgentError, SealedError):
+            return False
+        return True

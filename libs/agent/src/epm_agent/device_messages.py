@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from epm_events.agent import RequestAnswer
+from epm_events.agent import KEY_KIND, LOCKOUT_KIND, KeyUpdate, LockoutLift, RequestAnswer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 DECISION_KIND = "decision"
@@ -22,12 +22,21 @@ class PolicyChange(BaseModel):
     seq: int
 
 
-DeviceMessage = RequestAnswer | PolicyChange
+DeviceMessage = RequestAnswer | PolicyChange | KeyUpdate | LockoutLift
+"""KeyUpdate: new offline key material (applied if its version is newer, and only if it
+opens with this device's encryption key: DeviceChannel checks). LockoutLift: end a
+lockout of offline codes now."""
 
-_DECODERS: dict[str, type[RequestAnswer] | type[PolicyChange]] = {
+_DECODERS: dict[
+    str, type[RequestAnswer] | type[PolicyChange] | type[KeyUpdate] | type[LockoutLift]
+] = {
     DECISION_KIND: RequestAnswer,
     POLICY_KIND: PolicyChange,
+    KEY_KIND: KeyUpdate,
+    LOCKOUT_KIND: LockoutLift,
 }
+
+__all__ = ["DeviceMessage", "KeyUpdate", "LockoutLift", "PolicyChange", "decode_device_message"]
 
 
 def decode_device_message(kind: str, data: bytes) -> DeviceMessage | None:

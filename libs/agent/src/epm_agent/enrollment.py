@@ -68,6 +68,7 @@ async def request_enrollment(
     public_key_b64: str,
     hostname: str,
     *,
+    encryption_key_b64: str | None = None,
     timeout: float = 15.0,
 ) -> EnrollmentAnswer:
     import httpx  # only enrollment speaks HTTP; keep it off every other command's start-up
@@ -78,6 +79,8 @@ async def request_enrollment(
         "public_key": public_key_b64,
         "hostname": hostname,
     }
+    if encryption_key_b64 is not None:
+        body["encryption_key"] = encryption_key_b64
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.post(endpoint, json=body)

@@ -7,6 +7,9 @@ Layout of ``--state-dir`` (mode 0700):
   lockout). Schema changes are numbered migrations (``PRAGMA user_version``):
   later releases append to ``MIGRATIONS``, never edit an applied one.
 - ``device.key`` (0600): the Ed25519 private key (PEM, PKCS#8), never printed.
+- ``encryption.key`` (0600): the X25519 private key (raw 32 bytes) the server seals
+  offline key material to. The key material itself is kept as it arrived, sealed
+  (``device_keys``), and opened only when a code is checked.
 - ``nats.creds`` (0600), when the server hands out per-device NATS credentials.
 """
 
@@ -24,8 +27,9 @@ from typing import Any
 import orjson
 from epm_events.agent import RequestAnswer
 
-from epm_agent.device_messages import DeviceMessage, PolicyChange
+from epm_agent.device_messages import DeviceMessage, KeyUpdate, LockoutLift, PolicyChange
 from epm_agent.errors import AgentError, NotEnrolled
+from epm_agent.offline_state import apply_key_update, apply_lockout_lift, save_key
 from epm_agent.private_file import PRIVATE_FILE_MODE
 
 DIR_MODE = 0o700
@@ -106,6 +110,44 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: the offline policy follows the server (``policy`` messages on EPM_DEVICE)
     """
     ALTER TABLE identity ADD COLUMN policy_seq INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: offline codes: key versions, challenges, admin sessions, the lockout schedule
+    """
+    CREATE TABLE device_keys (
+        key_version INTEGER PRIMARY KEY,
+        key_material TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    INSERT INTO device_keys (key_version, key_material, reason, received_at)
+        SELECT json_extract(key_material, '$.key_version'), key_material, 'enrolled', enrolled_at
+        FROM identity
+        WHERE key_material IS NOT NULL
+          AND json_type(key_material, '$.key_version') = 'integer';
+    CREATE TABLE offline_challenges (
+        request_code TEXT PRIMARY KEY,
+        grant_kind TEXT NOT NULL,
+        sha256 TEXT,
+        app TEXT,
+        minutes INTEGER NOT NULL DEFAULT 0,
+        user TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        failures INTEGER NOT NULL DEFAULT 0,
+        closed_at TEXT,
+        response_hash TEXT
+    );
+    CREATE TABLE admin_sessions (
+        started_seq INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        minutes INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        ends_at TEXT NOT NULL,
+        ended_seq INTEGER
+    );
+    ALTER TABLE lockout ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE lockout ADD COLUMN last_failure_at TEXT;
+    INSERT OR IGNORE INTO lockout (id) VALUES (1);
     """,
 )
 
@@ -222,6 +264,14 @@ class StateDir:
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): all of it, or nothing."""
+        return self._transaction()
+
+    @property
+    def encryption_key_path(self) -> Path:
+        return self.path / "encryption.key"
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -288,6 +338,9 @@ class StateDir:
                     identity.enrolled_at or now_iso(),
                 ),
             )
+            material = identity.key_material
+            if isinstance(material, dict) and isinstance(material.get("key_version"), int):
+                save_key(db, material["key_version"], material, "enrolled")
 
     # --- requests --------------------------------------------------------
 
@@ -360,6 +413,10 @@ class StateDir:
                 changed = _apply_answer(db, message)
             elif isinstance(message, PolicyChange):
                 changed = _apply_policy(db, message)
+            elif isinstance(message, KeyUpdate):
+                changed = apply_key_update(db, message)
+            elif isinstance(message, LockoutLift):
+                changed = apply_lockout_lift(db, message)
             else:
                 changed = False
             request_id = message.request_id if isinstance(message, RequestAnswer) else None

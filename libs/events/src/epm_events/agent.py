@@ -84,3 +84,18 @@ class KeyUpdate(Model):
     key_version: int
     sealed: dict[str, str]
     reason: str = ""
+
+
+LOCKOUT_KIND = "lockout"
+
+
+class LockoutLift(Model):
+    """On ``epm.device.<tenant>.<device>.lockout``: end this device's offline-code lockout now.
+
+    The agent lifts a lockout in force when it reads this (a lift read while not locked
+    changes nothing); the doubling of later cool-offs is kept. ``lifted_by`` names who."""
+
+    tenant: str
+    device_id: str
+    lifted_by: str
+    reason: str = ""
