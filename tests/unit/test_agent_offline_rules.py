@@ -81,7 +81,10 @@ def test_the_offline_log_chains_and_any_edit_drop_or_swap_breaks_it() -> None:
     records = chain(5)
     assert first_break(records) is None
     edited = LogRecord(
-        3, records[2].prev_hash, records[2].hash, {**records[2].record, "type": "AdminSessionEnded"}
+        3,
+        records[2].prev_hash,
+        records[2].hash,
+        {**records[2].record, "type": "AdminSessionStarted"},
     )
     tampered = dict(records[2].record["data"], user="mallory")
     forged = LogRecord(

@@ -284,7 +284,9 @@ async def _generate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, A
     out = await agent.offline_generate(
         args.purpose, exe=args.exe, sha256=args.sha256, minutes=args.minutes
     )
-    shown: dict[str, Any] = {k: out[k] for k in ("code", "purpose", "expires_at", "key_version") if k in out}
+    shown: dict[str, Any] = {
+        k: out[k] for k in ("code", "purpose", "expires_at", "key_version") if k in out
+    }
     human = (
         f"Offline {args.purpose} code: {out['code']}\n"
         f"Valid once, until {out.get('expires_at')}; keep it for when this computer is offline."
