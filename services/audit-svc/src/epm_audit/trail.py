@@ -21,14 +21,13 @@ the heads are reloaded from the database (as they are at open).
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 
 import orjson
 from epm_service.projection import Projection, Rejected, StoredMsg
 
-from epm_audit.chain import EMPTY_HEAD, AuditRecord, ChainHead, canonical_record, link
+from epm_audit.chain import GENESIS, AuditRecord, ChainHead, chain_hash
 
 SCHEMA = """
 PRAGMA cache_size = -65536;
@@ -59,6 +58,8 @@ UPSERT_HEAD = (
     "INSERT INTO audit_heads (tenant, records, hash) VALUES (?,?,?) "
     "ON CONFLICT (tenant) DO UPDATE SET records = excluded.records, hash = excluded.hash"
 )
+NO_RECORDS = (0, GENESIS)
+Row = tuple[int, str, str, str, str, int, int, bytes, str, str]
 LOOKUP_CHUNK = 500
 """Ids per ``IN (...)`` query, well under SQLite's bound-parameter limit."""
 
@@ -77,8 +78,7 @@ class AuditTrail(Projection):
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         self._ensure_heads(conn)
         rejected: list[Rejected] = []
-        ids: list[str] = []
-        kept: list[StoredMsg] = []
+        todo: list[tuple[StoredMsg, str]] = []
         for m in msgs:
             event_id = m.msg_id or _id_from_body(m.data)
             if event_id is None or m.subject.count(".") != 5:
@@ -86,47 +86,24 @@ class AuditTrail(Projection):
                     Rejected(m, "malformed", "not an EPM domain event (no event id or bad subject)")
                 )
                 continue
-            ids.append(event_id)
-            kept.append(m)
-        seen = _already_recorded(conn, ids)
+            todo.append((m, event_id))
+        seen = _already_recorded(conn, [event_id for _, event_id in todo])
         heads = self._heads
         staged: dict[str, tuple[int, str]] = {}
-        rows = []
-        sha256 = hashlib.sha256
-        for m, event_id in zip(kept, ids, strict=True):
+        rows: list[Row] = []
+        append = rows.append
+        for m, event_id in todo:
             if event_id in seen:
                 continue
             seen.add(event_id)
             subject = m.subject
             _, _, tenant, _, _, type_ = subject.split(".")
-            records, prev = staged.get(tenant) or heads.get(tenant) or (0, EMPTY_HEAD.hash)
+            records, prev = staged.get(tenant) or heads.get(tenant) or NO_RECORDS
             chain_seq = records + 1
-            canonical = canonical_record(
-                seq=m.seq,
-                event_id=event_id,
-                tenant=tenant,
-                type=type_,
-                subject=subject,
-                received_ns=m.timestamp_ns,
-                chain_seq=chain_seq,
-                event_sha256=sha256(m.data).hexdigest(),
-            )
-            h = link(prev, canonical)
+            seq, data, ns = m.seq, m.data, m.timestamp_ns
+            h = chain_hash(prev, seq, event_id, tenant, type_, subject, ns, chain_seq, data)
             staged[tenant] = (chain_seq, h)
-            rows.append(
-                (
-                    m.seq,
-                    event_id,
-                    tenant,
-                    type_,
-                    subject,
-                    m.timestamp_ns,
-                    chain_seq,
-                    m.data,
-                    prev,
-                    h,
-                )
-            )
+            append((seq, event_id, tenant, type_, subject, ns, chain_seq, data, prev, h))
         if rows:
             conn.executemany(INSERT, rows)
             conn.executemany(UPSERT_HEAD, [(t, n, h) for t, (n, h) in staged.items()])
