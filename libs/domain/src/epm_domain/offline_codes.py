@@ -27,9 +27,10 @@ Offline access code (issued ahead of time)
 Guessing odds
     A response code is one of 2^60 per challenge; an access code's MAC one of
     2^40 per parameter set. With MAX_TRIES wrong entries per challenge and a
-    lockout that doubles (see ``lockout_after``), an attacker gets a few
-    hundred guesses per device per year: odds below 2^-31 for access codes
-    and 2^-51 for response codes.
+    lockout that doubles (see ``lockout_after``), an attacker gets about
+    1,120 guesses per device per year (3 a day once the cool-off reaches a
+    day): odds about 2^-30 for access codes and 2^-50 for response codes
+    (README, "Security: offline codes").
 """
 
 from __future__ import annotations
