@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from epm_events.catalog import EVENT_TYPES, Event
 from epm_events.codec import DecodeError, decode, event_of
@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMsg:
-    """A message as read from the stream, before any parsing of its body."""
+class StoredMsg(NamedTuple):
+    """A message as read from the stream, before any parsing of its body.
+
+    A NamedTuple, not a dataclass: one is built per message on the event loop,
+    where a tuple is cheaper to make, and the collector stops tracking it.
+    """
 
     seq: int
     subject: str
@@ -293,13 +296,7 @@ class Projector:
         self._last_seq = seq
         hdrs = msg.headers
         self._buf.append(
-            StoredMsg(
-                seq=seq,
-                subject=msg.subject,
-                data=msg.data,
-                msg_id=hdrs.get("Nats-Msg-Id") if hdrs else None,
-                timestamp_ns=ts_ns,
-            )
+            StoredMsg(seq, msg.subject, msg.data, hdrs.get("Nats-Msg-Id") if hdrs else None, ts_ns)
         )
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
@@ -472,7 +469,8 @@ def parse_ack_reply(reply: str) -> tuple[int, int, int]:
     v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
     v2: $JS.ACK.<domain>.<acchash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
     """
+    if reply.count(".") == 8:
+        _, sseq, _, ts, pending = reply.rsplit(".", 4)
+        return int(sseq), int(ts), int(pending)
     t = reply.split(".")
-    if len(t) == 9:
-        return int(t[5]), int(t[7]), int(t[8])
     return int(t[7]), int(t[9]), int(t[10])
