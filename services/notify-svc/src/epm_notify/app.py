@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 
-import httpx
+import aiohttp
 from epm_service.runtime import ServiceContext, ServiceDefinition, main
 from epm_service.secretbox import SecretBox
 
@@ -46,19 +46,28 @@ def secret_box(ctx: ServiceContext) -> SecretBox:
 
 
 class HttpClient:
-    """The shared httpx client of the webhook and push senders, closed with the service."""
+    """The HTTP session the webhook and push senders share, closed with the service."""
 
     def __init__(self, cfg: NotifySettings) -> None:
-        timeout = httpx.Timeout(cfg.http_timeout, connect=cfg.connect_timeout)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        self.cfg = cfg
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start() first"
+        return self._session
 
     async def start(self) -> None:
-        pass
+        timeout = aiohttp.ClientTimeout(
+            total=self.cfg.http_timeout, connect=self.cfg.connect_timeout
+        )
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=self.cfg.per_channel_concurrency)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
 
 
 async def start_workers(ctx: ServiceContext) -> None:
@@ -76,9 +85,9 @@ async def start_workers(ctx: ServiceContext) -> None:
             ctx.projector(NotifyStore.name),
             box,
             {
-                "webhook": WebhookSender(http.client),
+                "webhook": WebhookSender(http.session),
                 "email": MailSender(smtp, cfg.mail_from, cfg.smtp_timeout),
-                "push": PushSender(http.client, vapid_signer(box), cfg.vapid_subject),
+                "push": PushSender(http.session, vapid_signer(box), cfg.vapid_subject),
             },
             cfg.retry,
             per_channel=cfg.per_channel_concurrency,

@@ -18,7 +18,7 @@ class NotifySettings(BaseSettings):
     http_timeout: float = 5.0  # a whole webhook or push try
     connect_timeout: float = 2.0
     smtp_timeout: float = 10.0
-    per_channel_concurrency: int = 4  # tries in flight to one channel
+    per_channel_concurrency: int = 16  # tries in flight to one channel
     max_in_flight: int = 1000  # tries in flight in all
     max_age: float = 86400.0  # older events are not announced (a first start on old history)
     vapid_subject: str = "mailto:epm@localhost"

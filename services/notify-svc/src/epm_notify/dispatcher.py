@@ -76,6 +76,7 @@ class Dispatcher:
         self._per_channel: dict[str, int] = {}
         # When each try ended: a schedule read that began before then may predate its write.
         self._ended: dict[str, float] = {}
+        self._pruned = 0.0
         self._secrets: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,28 +131,27 @@ class Dispatcher:
         """Start a try for every due delivery there is room for; seconds until the next."""
         now = time.time()
         began = time.monotonic()
-        self._ended = {k: t for k, t in self._ended.items() if t > began - 60}
-        room = self.max_in_flight - len(self._in_flight)
-        if room > 0:
-            full = frozenset(c for c, n in self._per_channel.items() if n >= self.per_channel)
-            due = await self.projector.read(
-                lambda c: store.due_deliveries(c, now, room + len(self._in_flight), full)
-            )
-            for d in due:
-                cid = d.channel.id
-                if d.notification_id in self._in_flight:
-                    continue
-                if self._ended.get(d.notification_id, 0.0) >= began:
-                    continue  # this read may be older than that try's record; read again
-                if self._per_channel.get(cid, 0) >= self.per_channel or room <= 0:
-                    continue
-                room -= 1
-                self._in_flight[d.notification_id] = cid
-                self._per_channel[cid] = self._per_channel.get(cid, 0) + 1
-                task = asyncio.create_task(self._try(d))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        nxt = await self.projector.read(store.next_due_at)
+        if began - self._pruned > 1.0:  # a read takes milliseconds; ten seconds is plenty
+            self._ended = {k: t for k, t in self._ended.items() if t > began - 10}
+            self._pruned = began
+        room = max(0, self.max_in_flight - len(self._in_flight))
+        full = frozenset(c for c, n in self._per_channel.items() if n >= self.per_channel)
+        limit = room + len(self._in_flight) if room else 0
+        due, nxt = await self.projector.read(lambda c: store.schedule(c, now, limit, full))
+        for d in due:
+            cid = d.channel.id
+            if d.notification_id in self._in_flight:
+                continue
+            if self._ended.get(d.notification_id, 0.0) >= began:
+                continue  # this read may be older than that try's record; read again
+            if self._per_channel.get(cid, 0) >= self.per_channel or room <= 0:
+                continue
+            room -= 1
+            self._in_flight[d.notification_id] = cid
+            self._per_channel[cid] = self._per_channel.get(cid, 0) + 1
+            task = asyncio.create_task(self._try(d))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if nxt is None:
             return 5.0
         return min(5.0, max(0.0, nxt - time.time()))

@@ -1,5 +1,5 @@
 """Web Push adapter: payload encrypted by pywebpush (RFC 8291, aes128gcm), VAPID-signed
-(RFC 8292), POSTed with httpx like the webhooks."""
+(RFC 8292), POSTed like the webhooks."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 from py_vapid import Vapid  # type: ignore[import-untyped]
 from pywebpush import WebPusher  # type: ignore[import-untyped]
 
-from epm_notify.retry import NotDelivered, Outcome, outcome_of_status
+from epm_notify.retry import NotDelivered, Outcome
+from epm_notify.webhook import post
 
 TTL_SECONDS = 24 * 3600
-GONE = frozenset({404, 410})  # the browser unsubscribed: the channel is dead
 
 
 class PushSender:
-    def __init__(self, client: httpx.AsyncClient, vapid: Vapid, subject: str) -> None:
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession, vapid: Vapid, subject: str) -> None:
+        self.session = session
         self.vapid = vapid
         self.subject = subject
 
@@ -46,12 +46,5 @@ class PushSender:
             "urgency": "high",
             "topic": notification_id.replace("-", "")[:32],
         }
-        try:
-            resp = await self.client.post(endpoint, content=body, headers=headers)
-        except httpx.TimeoutException:
-            return NotDelivered("push service timed out")
-        except httpx.TransportError as exc:
-            return NotDelivered(f"push service unreachable ({type(exc).__name__})")
-        if resp.status_code in GONE:
-            return NotDelivered(f"push subscription is gone (HTTP {resp.status_code})", True)
-        return outcome_of_status(resp.status_code, "push service")
+        # 404/410 (the browser unsubscribed) are permanent like any other 4xx but 408/429
+        return await post(self.session, endpoint, body, headers, "push service")

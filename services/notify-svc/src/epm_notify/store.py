@@ -307,6 +307,14 @@ def due_deliveries(
     return [Due(r[0], _channel(r[6:]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
+def schedule(
+    conn: sqlite3.Connection, now: float, limit: int, skip_channels: frozenset[str]
+) -> tuple[list[Due], float | None]:
+    """What is due now (see ``due_deliveries``) and when the next pending try falls due."""
+    due = due_deliveries(conn, now, limit, skip_channels) if limit else []
+    return due, next_due_at(conn)
+
+
 def next_due_at(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT min(next_at) FROM deliveries WHERE status = 'pending'").fetchone()
     return None if row is None or row[0] is None else float(row[0])
