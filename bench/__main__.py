@@ -3,7 +3,8 @@
 Order of a run: the publish ceiling (pre-built events to a stream like
 EPM_EVENTS), EventPublisher.publish of the same events into EPM_EVENTS (they
 are the audit input), the consume ceiling over them, the audit ingest over
-them, the request ceiling; then the pure-CPU rows (rule evaluation), which have
+them (and the Projector with a projection that writes nothing, to show what
+the Projector itself costs), the request ceiling; then the pure-CPU rows (rule evaluation), which have
 no raw-client ceiling. Throughput rows are the best of a few repeats, the
 ceilings too, so a ratio compares best with best; each is interleaved with its
 ceiling, so both meet the same machine (this one is shared and 2-core).
@@ -30,7 +31,7 @@ from epm_service.streams import apply_streams
 from nats.js.errors import NotFoundError
 
 from bench import ceilings
-from bench.audit_ingest import INGEST, audit_ingest
+from bench.audit_ingest import INGEST, PASSTHROUGH, audit_ingest, passthrough
 from bench.results import Row, compared, table, write
 from bench.rules_eval import rules_eval
 from bench.workload import workload
@@ -73,13 +74,19 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             assert last == n, f"EPM_EVENTS holds {last} events, expected {n}"
 
             raw_consume: list[float] = []
+            bare: list[float] = []
             ingest: list[float] = []
             for i in range(repeats):
                 raw_consume.append((await ceilings.consume_ceiling(bus, n)).value)
+                bare.append(await passthrough(bus, workdir / f"passthrough-{i}.sqlite", n))
                 ingest.append(await audit_ingest(bus, workdir / f"audit-{i}.sqlite", n))
-                say(f"consume: ceiling {raw_consume[-1]:,.0f}, audit ingest {ingest[-1]:,.0f}")
+                say(
+                    f"consume: ceiling {raw_consume[-1]:,.0f}, projector passthrough "
+                    f"{bare[-1]:,.0f}, audit ingest {ingest[-1]:,.0f}"
+                )
             consume = Row(ceilings.CONSUME, round(max(raw_consume), 1), "msg/s")
             ingest_row = compared(INGEST, max(ingest), "msg/s", consume, ">=0.5")
+            bare_row = compared(PASSTHROUGH, max(bare), "msg/s", consume)
 
             request, request_p99 = await ceilings.request_ceiling(bus, responder, requests)
         finally:
@@ -87,7 +94,7 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             await bus.close()
     say("rule evaluation with 100,000 rules")
     rules = rules_eval(requests=5_000 if quick else 20_000)
-    return [consume, publish, request, request_p99, ingest_row, publish_row, *rules]
+    return [consume, publish, request, request_p99, ingest_row, bare_row, publish_row, *rules]
 
 
 async def fresh_events_stream(bus: Bus) -> None:

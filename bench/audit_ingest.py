@@ -15,9 +15,31 @@ from pathlib import Path
 from epm_audit.chain import verify_chain
 from epm_audit.trail import AuditTrail, chain_heads, chain_records
 from epm_service.bus import Bus
-from epm_service.projection import Projector
+from epm_service.projection import Projection, Projector, Rejected, StoredMsg
 
 INGEST = "audit.ingest"
+PASSTHROUGH = "projector.passthrough"
+
+
+class Passthrough(Projection):
+    """Writes nothing: what the Projector itself costs (consumer, buffer, batches, checkpoint)."""
+
+    name = "passthrough"
+    max_batch = AuditTrail.max_batch
+
+    def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
+        return []
+
+
+async def passthrough(bus: Bus, db: Path, expected: int) -> float:
+    """msg/s of the Projector with a projection that writes nothing (checkpoints only)."""
+    projector = Projector(bus.js, Passthrough(), db, service="bench")
+    started = time.perf_counter()
+    await projector.start()
+    await projector.wait_caught_up(timeout=600)
+    elapsed = time.perf_counter() - started
+    await projector.stop()
+    return expected / elapsed
 
 
 async def audit_ingest(bus: Bus, db: Path, expected: int) -> float:
