@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.e2e.devstack import DevProcess, clean_env, epm_json, wait_for
+from tests.e2e.devstack import DevProcess, clean_env, wait_for
+from tests.e2e.test_requests_flow import Stack as RequestsStack
 from tests.e2e.test_requests_flow import exe, sha
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,22 @@ DEFAULTS = {
 }
 
 
+def run_agent(state: Path, at: datetime, *args: str) -> tuple[int, dict[str, Any]]:
+    """``epm-agent ARGS --state-dir STATE --json`` with its clock at ``at``."""
+    env = clean_env() | {"EPM_AGENT_NOW": at.isoformat()}
+    done = subprocess.run(
+        [sys.executable, "-m", "epm_agent.cli", *args, "--state-dir", str(state), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"epm-agent printed {done.stdout!r} (stderr {done.stderr!r})"
+    return done.returncode, orjson.loads(lines[0])
+
+
 class Computer:
     """One enrolled `epm-agent` state dir and the clock its commands run at."""
 
@@ -39,26 +56,7 @@ class Computer:
         self.now = datetime.now(UTC)
 
     def run(self, *args: str, at: datetime | None = None) -> tuple[int, dict[str, Any]]:
-        env = clean_env() | {"EPM_AGENT_NOW": (at or self.now).isoformat()}
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "epm_agent.cli",
-                *args,
-                "--state-dir",
-                str(self.state),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
-        lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-        assert len(lines) == 1, f"epm-agent printed {done.stdout!r} (stderr {done.stderr!r})"
-        return done.returncode, orjson.loads(lines[0])
+        return run_agent(self.state, at or self.now, *args)
 
     def ok(self, *args: str) -> dict[str, Any]:
         code, out = self.run(*args)
@@ -79,26 +77,13 @@ class Computer:
         return wait_for(what, probe, 30)
 
 
-class Stack:
-    def __init__(self, dev: DevProcess, endpoints: dict[str, Any], tmp: Path) -> None:
-        self.dev = dev
-        self.url = endpoints["http"]
-        self.tmp = tmp
-
-    def epm(self, *args: str) -> tuple[int, dict[str, Any]]:
-        return epm_json(*args, "--data-dir", str(self.dev.data_dir))
-
-    def ok(self, *args: str) -> dict[str, Any]:
-        code, out = self.epm(*args)
-        assert code == 0, f"epm {' '.join(args)} failed: {out}"
-        return out
-
+class Stack(RequestsStack):
     def refused(self, *args: str) -> dict[str, Any]:
         code, out = self.epm(*args)
         assert code != 0 and "error" in out, out
         return out
 
-    def enroll(self, tenant: str, name: str) -> Computer:
+    def enroll_computer(self, tenant: str, name: str) -> Computer:
         token = self.ok("enrollment-token", "create", "--tenant", tenant)["token"]
         computer = Computer(self.tmp / f"agent-{name}", "")
         out = computer.ok(
@@ -133,7 +118,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def computers(stack: Stack) -> tuple[Computer, Computer]:
-    return stack.enroll("acme", "pc-1"), stack.enroll("acme", "pc-2")
+    return stack.enroll_computer("acme", "pc-1"), stack.enroll_computer("acme", "pc-2")
 
 
 def test_policy_get_and_set_change_only_what_is_given(stack: Stack) -> None:

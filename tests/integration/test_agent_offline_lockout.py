@@ -4,20 +4,17 @@ real nats-server's EPM_DEVICE stream."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from epm_domain.offline_codes import ResponseGrant
 from epm_events.agent import LOCKOUT_KIND, LockoutLift
 from epm_events.streams import DEVICE
 from epm_events.subjects import device_subject
 from epm_service.bus import Bus
 
-from tests.e2e.devstack import clean_env
+from tests.e2e.test_offline_codes_flow import run_agent
 from tests.unit.test_agent_offline_device import SHA, make_device
 
 T0 = datetime(2030, 1, 10, 12, 0, tzinfo=UTC)
@@ -25,19 +22,7 @@ DEVICE_ID = "d-00000000000000b1"
 WRONG = "0000-0000-0000"
 
 
-def agent(state: Path, at: datetime, *args: str) -> tuple[int, dict[str, Any]]:
-    env = clean_env() | {"EPM_AGENT_NOW": at.isoformat()}
-    done = subprocess.run(
-        [sys.executable, "-m", "epm_agent.cli", *args, "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"epm-agent printed {done.stdout!r} (stderr {done.stderr!r})"
-    return done.returncode, orjson.loads(lines[0])
+agent = run_agent
 
 
 def request_code(state: Path, at: datetime) -> str:
