@@ -300,8 +300,10 @@ def create_app(service: RunningService) -> FastAPI:
         await command(svc, "revoke_token", {"id": token_id}, who)
         return Response(status_code=204)
 
-    from epm_gateway import elevation, offline  # routes forwarded to request-/approval-svc
+    # routes forwarded to the owning services
+    from epm_gateway import elevation, notifications, offline
 
     app.include_router(elevation.router)
     app.include_router(offline.router)
+    app.include_router(notifications.router)
     return app

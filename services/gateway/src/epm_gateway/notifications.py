@@ -1,0 +1,82 @@
+"""HTTP routes for notification channels, forwarded to notify-svc (the owner)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from epm_gateway.api import Caller, Service
+from epm_gateway.elevation import forward
+
+NOTIFY = "notify-svc"
+
+router = APIRouter(tags=["notifications"])
+
+
+class PushKeys(BaseModel):
+    p256dh: str
+    auth: str
+
+
+class PushSubscription(BaseModel):
+    endpoint: str
+    keys: PushKeys
+
+
+class ChannelIn(BaseModel):
+    kind: Literal["webhook", "email", "push"]
+    url: str | None = Field(default=None, description="webhook: where to POST")
+    secret: str | None = Field(
+        default=None, description="webhook: whsec_... (generated and returned once if omitted)"
+    )
+    to: str | None = Field(default=None, description="email: the address")
+    subscription: PushSubscription | None = Field(
+        default=None, description="push: PushSubscription"
+    )
+
+
+def _args(body: ChannelIn, tenant: str | None) -> dict[str, Any]:
+    args = body.model_dump(mode="json", exclude_none=True)
+    if tenant is not None:
+        args["tenant"] = tenant
+    return args
+
+
+@router.get("/v1/tenants/{tenant}/notification-channels")
+async def tenant_channels(tenant: str, who: Caller, svc: Service) -> dict[str, Any]:
+    """A tenant's channels."""
+    return await forward(svc, NOTIFY, "list_channels", {"tenant": tenant}, who)
+
+
+@router.post("/v1/tenants/{tenant}/notification-channels", status_code=201)
+async def add_tenant_channel(
+    tenant: str, body: ChannelIn, who: Caller, svc: Service
+) -> dict[str, Any]:
+    """Add a webhook, e-mail or push channel told of the tenant's requests."""
+    return await forward(svc, NOTIFY, "add_channel", _args(body, tenant), who)
+
+
+@router.get("/v1/notification-channels")
+async def msp_channels(who: Caller, svc: Service) -> dict[str, Any]:
+    """The MSP-wide channels (told of every tenant's requests)."""
+    return await forward(svc, NOTIFY, "list_channels", {}, who)
+
+
+@router.post("/v1/notification-channels", status_code=201)
+async def add_msp_channel(body: ChannelIn, who: Caller, svc: Service) -> dict[str, Any]:
+    """Add an MSP-wide channel."""
+    return await forward(svc, NOTIFY, "add_channel", _args(body, None), who)
+
+
+@router.delete("/v1/notification-channels/{channel_id}", status_code=204)
+async def remove_channel(channel_id: str, who: Caller, svc: Service) -> Response:
+    await forward(svc, NOTIFY, "remove_channel", {"channel_id": channel_id}, who)
+    return Response(status_code=204)
+
+
+@router.get("/v1/notification-channels/vapid-public-key")
+async def vapid_public_key(who: Caller, svc: Service) -> dict[str, Any]:
+    """The applicationServerKey browsers subscribe to web push with."""
+    return await forward(svc, NOTIFY, "vapid_public_key", {}, who)
