@@ -5,7 +5,11 @@
 - ``device_key``: the device's Ed25519 key; ``private_file``: 0600 files for secrets.
 - ``elevation``: the signed ElevationRequested message.
 - ``enrollment``: the HTTP enrollment call.
-- ``device_channel``: reading decisions from EPM_DEVICE.
+- ``device_channel``: reading decisions, policy, key updates and lockout lifts from EPM_DEVICE.
+- ``offline``: offline codes (request codes, responses, access codes), with the pure
+  ``challenges``, ``access_codes``, ``lockout`` and ``offline_log`` and their tables in
+  ``offline_state``; ``self_service``: ``offline generate``; ``encryption_key``: the X25519
+  key; ``clock``: the time (``EPM_AGENT_NOW`` in tests).
 - ``cli``: ``epm-agent``.
 """
 
