@@ -74,11 +74,13 @@ class AuditTrail(Projection):
     def __init__(self) -> None:
         self._heads: dict[str, tuple[int, str]] = {}
         self._through = -1  # last seq sealed into the heads; -1: load from the database
+        self._sealing = 0  # last seq sealed by the batch being written
 
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         self._ensure_heads(conn)
         rejected: list[Rejected] = []
-        todo: list[tuple[StoredMsg, str]] = []
+        kept: list[StoredMsg] = []
+        ids: list[str] = []
         for m in msgs:
             event_id = m.msg_id or _id_from_body(m.data)
             if event_id is None or m.subject.count(".") != 5:
@@ -86,16 +88,32 @@ class AuditTrail(Projection):
                     Rejected(m, "malformed", "not an EPM domain event (no event id or bad subject)")
                 )
                 continue
-            todo.append((m, event_id))
-        seen = _already_recorded(conn, [event_id for _, event_id in todo])
-        heads = self._heads
+            kept.append(m)
+            ids.append(event_id)
         staged: dict[str, tuple[int, str]] = {}
-        rows: list[Row] = []
-        append = rows.append
-        for m, event_id in todo:
-            if event_id in seen:
+        recorded = _already_recorded(conn, ids)
+        conn.executemany(INSERT, self._sealed(kept, ids, recorded, staged))
+        if staged:
+            conn.executemany(UPSERT_HEAD, [(t, n, h) for t, (n, h) in staged.items()])
+            # Only now, with every statement done: a failure above leaves the cache as it was.
+            self._heads.update(staged)
+            self._through = self._sealing
+        return rejected
+
+    def _sealed(
+        self,
+        msgs: list[StoredMsg],
+        ids: list[str],
+        recorded: set[str],
+        staged: dict[str, tuple[int, str]],
+    ) -> Iterator[Row]:
+        """The rows to insert, one at a time: each is bound and dropped at once, so a
+        batch leaves no thousands of young tuples for the garbage collector to walk."""
+        heads = self._heads
+        for m, event_id in zip(msgs, ids, strict=True):
+            if event_id in recorded:
                 continue
-            seen.add(event_id)
+            recorded.add(event_id)  # the same id twice in one batch
             subject = m.subject
             _, _, tenant, _, _, type_ = subject.split(".")
             records, prev = staged.get(tenant) or heads.get(tenant) or NO_RECORDS
@@ -103,14 +121,8 @@ class AuditTrail(Projection):
             seq, data, ns = m.seq, m.data, m.timestamp_ns
             h = chain_hash(prev, seq, event_id, tenant, type_, subject, ns, chain_seq, data)
             staged[tenant] = (chain_seq, h)
-            append((seq, event_id, tenant, type_, subject, ns, chain_seq, data, prev, h))
-        if rows:
-            conn.executemany(INSERT, rows)
-            conn.executemany(UPSERT_HEAD, [(t, n, h) for t, (n, h) in staged.items()])
-            # Only now, with every statement done: a failure above leaves the cache as it was.
-            heads.update(staged)
-            self._through = rows[-1][0]
-        return rejected
+            self._sealing = seq
+            yield seq, event_id, tenant, type_, subject, ns, chain_seq, data, prev, h
 
     def _ensure_heads(self, conn: sqlite3.Connection) -> None:
         (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_records").fetchone()
