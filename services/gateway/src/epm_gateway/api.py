@@ -24,7 +24,7 @@ from epm_service.rpc import call
 from epm_service.runtime import RunningService
 from epm_service.streams import MissingStreams, check_streams
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, field_validator
@@ -52,15 +52,6 @@ HTTP_REQUESTS = Counter(
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug
 
 HTTP_SECONDS = Histogram("epm_gateway_http_seconds", "HTTP request time", ["method", "route"])
-
-CONSOLE_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EPM</title></head>
-<body><h1>EPM console: coming soon</h1>
-<p>Meanwhile use the <code>epm</code> CLI or the API: <a href="/docs">/docs</a>,
-<a href="/openapi.json">/openapi.json</a>, <a href="/asyncapi.json">/asyncapi.json</a>.</p>
-</body></html>
-"""
-
 
 # --- bodies ---------------------------------------------------------------------
 
@@ -122,6 +113,11 @@ async def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
+        from epm_gateway.session import session_principal  # the console's cookie
+
+        if (by_cookie := await session_principal(request)) is not None:
+            request.state.principal = by_cookie
+            return by_cookie
         raise Unauthorized(
             "this endpoint needs a token: send 'Authorization: Bearer <token>'"
             " (epm dev writes an admin token to <data-dir>/admin-token)"
@@ -244,10 +240,6 @@ def create_app(service: RunningService) -> FastAPI:
         """The event contract (AsyncAPI 3), generated from the event catalog."""
         return asyncapi_document()
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def console() -> str:
-        return CONSOLE_PAGE
-
     # --- tenants --------------------------------------------------------------------
 
     @app.post("/v1/tenants", status_code=201, tags=["tenants"])
@@ -301,9 +293,12 @@ def create_app(service: RunningService) -> FastAPI:
         return Response(status_code=204)
 
     # routes forwarded to the owning services
-    from epm_gateway import elevation, notifications, offline
+    from epm_gateway import console, elevation, events_stream, notifications, offline, session
 
     app.include_router(elevation.router)
     app.include_router(offline.router)
     app.include_router(notifications.router)
+    app.include_router(session.router)
+    app.include_router(events_stream.router)
+    app.include_router(console.router)
     return app
