@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from epm_events.ids import validate_tenant
 from epm_events.streams import EVENTS
 from epm_events.subjects import ALL_EVENTS, EVENTS_PREFIX, tenant_events_filter
@@ -112,10 +113,19 @@ async def event_frames(
                 if not follow and not meta.num_pending:
                     return
         finally:
-            with contextlib.suppress(Exception):  # the connection may be gone already
-                await sub.unsubscribe()
+            # Starlette cancels the response when the client goes: shield the clean-up.
+            with anyio.CancelScope(shield=True):
+                await close(js, sub)
 
     return frames()
+
+
+async def close(js: JetStreamContext, sub: JetStreamContext.PushSubscription) -> None:
+    """Unsubscribe and delete the consumer now, rather than when the server notices."""
+    with contextlib.suppress(Exception):  # the connection may be gone already
+        name = (await sub.consumer_info()).name
+        await sub.unsubscribe()
+        await js.delete_consumer(EVENTS.name, name)
 
 
 @router.get(
