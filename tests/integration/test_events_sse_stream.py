@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -231,3 +232,34 @@ async def publish_request_event(live: Live, tenant: str) -> None:
         expires_at=now + timedelta(days=4),
     )
     await live.gw.service.ctx.publisher.append(tenant, [event], 0)
+
+
+async def test_epm_events_tail_prints_ndjson_with_sequences(live: Live) -> None:
+    for t in ("acme", "globex"):
+        await live.gw.tenant(t)
+    base = ["--url", live.url, "--token", live.gw.admin, "--no-follow"]
+    every = await epm_events_tail(*base, "--after", "0")
+    assert [e["type"].split(".")[1] for e in every] == [
+        "TokenIssued",
+        "TenantCreated",
+        "TenantCreated",
+    ]
+    assert all(isinstance(e["seq"], int) and e["specversion"] == "1.0" for e in every)
+    later = await epm_events_tail(*base, "--after", str(every[0]["seq"]), "--tenant", "globex")
+    assert [e["tenant"] for e in later] == ["globex"]
+
+
+async def epm_events_tail(*args: str) -> list[dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "epm_cli.main",
+        "events",
+        "tail",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    assert proc.returncode == 0, err.decode()
+    return [orjson.loads(line) for line in out.splitlines()]

@@ -12,7 +12,7 @@ import typer
 from epm_cli.dev.command import dev
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.services import SERVICES, runner
-from epm_cli.technician import devices, notify, requests, rules, tenant, token
+from epm_cli.technician import devices, events, notify, requests, rules, tenant, token
 from epm_cli.technician import offline as offline_tools
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.add_typer(notify.app, name="notify")
 app.add_typer(offline_tools.app, name="offline")
 app.add_typer(streams_app, name="streams")
 app.add_typer(events_app, name="events")
+events_app.command("tail")(events.tail_command)
 
 
 @app.command()
