@@ -4,8 +4,9 @@ Order of a run: the publish ceiling (pre-built events to a stream like
 EPM_EVENTS), EventPublisher.publish of the same events into EPM_EVENTS (they
 are the audit input), the consume ceiling over them, the audit ingest over
 them (and the Projector with a projection that writes nothing, to show what
-the Projector itself costs), the request ceiling; then the pure-CPU rows (rule evaluation), which have
-no raw-client ceiling. Throughput rows are the best of a few repeats, the
+the Projector itself costs), the request ceiling, request created -> webhook received through notify-svc;
+then the pure-CPU rows (rule evaluation, offline codes). Rows with no
+raw-client ceiling carry a target on their value. Throughput rows are the best of a few repeats, the
 ceilings too, so a ratio compares best with best; each is interleaved with its
 ceiling, so both meet the same machine (this one is shared and 2-core).
 """
@@ -32,6 +33,9 @@ from nats.js.errors import NotFoundError
 
 from bench import ceilings
 from bench.audit_ingest import INGEST, PASSTHROUGH, audit_ingest, passthrough
+from bench.notify_latency import COUNT as NOTIFY_COUNT
+from bench.notify_latency import QUICK_COUNT, notify_latency
+from bench.offline_codes import offline_codes
 from bench.results import Row, compared, table, write
 from bench.rules_eval import rules_eval
 from bench.workload import workload
@@ -89,12 +93,32 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             bare_row = compared(PASSTHROUGH, max(bare), "msg/s", consume)
 
             request, request_p99 = await ceilings.request_ceiling(bus, responder, requests)
+
+            say("request created -> webhook received (notify-svc)")
+            await fresh_events_stream(bus)
+            notify_settings = Settings(nats_url=server.url, data_dir=workdir / "notify")
+            notify = await notify_latency(
+                bus, notify_settings, QUICK_COUNT if quick else NOTIFY_COUNT
+            )
         finally:
             await responder.close()
             await bus.close()
     say("rule evaluation with 100,000 rules")
     rules = rules_eval(requests=5_000 if quick else 20_000)
-    return [consume, publish, request, request_p99, ingest_row, bare_row, publish_row, *rules]
+    say("offline codes")
+    codes = offline_codes(runs=5_000 if quick else 20_000)
+    return [
+        consume,
+        publish,
+        request,
+        request_p99,
+        ingest_row,
+        bare_row,
+        publish_row,
+        *notify,
+        *rules,
+        *codes,
+    ]
 
 
 async def fresh_events_stream(bus: Bus) -> None:

@@ -68,9 +68,9 @@ def table(rows: list[Row]) -> str:
         lines.append(
             (
                 r.name,
-                f"{r.value:,.1f}",
+                _figure(r.value),
                 r.unit,
-                "" if r.ceiling is None else f"{r.ceiling:,.1f}",
+                "" if r.ceiling is None else _figure(r.ceiling),
                 r.ceiling_name or "",
                 "" if r.ratio is None else f"{r.ratio:.3f}",
                 r.target or "",
@@ -82,3 +82,8 @@ def table(rows: list[Row]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def _figure(value: float) -> str:
+    """Large figures with thousands separators, small ones with three significant digits."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
