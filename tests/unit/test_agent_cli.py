@@ -53,31 +53,21 @@ def test_usage_errors_follow_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--user" in orjson.loads(out)["error"]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ("sync",),
-        (
-            "simulate",
-            "--url",
-            "u",
-            "--token",
-            "t",
-            "--tenant",
-            "a",
-            "--devices",
-            "1",
-            "--events",
-            "1",
-        ),
-    ],
-)
-def test_later_commands_say_they_are_not_implemented_yet(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: tuple[str, ...]
+def test_sync_of_an_unenrolled_agent_says_how_to_enroll(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out, _ = run(capsys, *argv, "--state-dir", str(tmp_path / "a"), "--json")
-    assert code == 2
-    assert "not implemented yet" in orjson.loads(out)["error"]
+    code, out, _ = run(capsys, "sync", "--state-dir", str(tmp_path / "a"), "--json")
+    assert code == 1
+    assert "epm-agent enroll" in orjson.loads(out)["error"]
+
+
+def test_simulate_against_no_server_is_one_json_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ("simulate", "--url", "http://127.0.0.1:9", "--token", "t", "--tenant", "a")
+    code, out, _ = run(capsys, *argv, "--devices", "1", "--events", "1", "--json")
+    assert code == 1
+    assert "cannot reach the EPM server" in orjson.loads(out)["error"]
 
 
 def test_help_shows_the_whole_surface_with_examples(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,21 @@ from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, ServerUnreachable
 from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled
+from epm_agent.offline_state import OfflineState
 from epm_agent.private_file import write_private_file
 from epm_agent.self_service import Refused, read_generated_code, self_generate_request
 from epm_agent.state import FINAL_STATUSES, Identity, LocalRequest, StateDir, now_iso
+from epm_agent.upload import batch_message, chunks
+
+UPLOAD_READ = 2000
+"""Offline log records read from the state per round of an upload."""
+
+UPLOAD_ACK_TIMEOUT = 10.0
+"""How long an uploaded batch may wait for the stream's acknowledgement."""
+
+RESEND_AFTER = timedelta(minutes=10)
+"""Records the stream took but request-svc never confirmed are sent again after this long
+(request-svc accepts each (device, sequence) once, so a second copy changes nothing)."""
 
 ANSWER_TIMEOUT = 3.0
 """How long a request waits on its reply subject for request-svc's answer before it
@@ -58,6 +71,19 @@ class RequestOutcome:
         if self.decided_by is not None:
             out["decided_by"] = self.decided_by
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """``sent``: records uploaded by this sync; ``confirmed``: records of the log request-svc
+    has processed; ``pending``: records it has not (yet)."""
+
+    sent: int
+    confirmed: int
+    pending: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sent": self.sent, "confirmed": self.confirmed, "pending": self.pending}
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +291,7 @@ class Agent:
             local = state.request(message.request_id)
             return local is not None and local.status in FINAL_STATUSES
 
+        await self._upload_quietly(bus, identity)
         # Catch up on the device channel in any case; with --wait, keep reading. The request
         # is sent by now: losing the server here leaves it open, which is still the answer.
         with contextlib.suppress(ServerUnreachable):
@@ -305,6 +332,7 @@ class Agent:
         bus = await self._connect(identity)
         online = bus is not None
         if bus is not None:
+            await self._upload_quietly(bus, identity)
             try:
                 await self._read_device_channel(bus, identity)
             except ServerUnreachable:
@@ -402,6 +430,7 @@ class Agent:
             ) from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise ServerUnreachable("the server did not answer in time; try again") from None
+        await self._upload_quietly(bus, identity)
         try:
             return read_generated_code(
                 reply.data,
@@ -420,6 +449,86 @@ class Agent:
             return describe_app(exe or sha256 or "", sha256=sha256)
         except ValidationError as exc:
             raise AgentError(f"cannot describe {exe}: {_first_problem(exc)}") from None
+
+    # --- the offline log: upload and confirmation -------------------------------------
+
+    async def sync(self, wait_seconds: float = 10.0) -> SyncResult:
+        """Upload every unsent offline log record, then read the device channel (decisions,
+        policy, keys, and the server's confirmations) until all sent records are confirmed
+        or ``wait_seconds`` pass."""
+        state = self._state()
+        identity = state.require_identity()
+        self.offline_access(identity).close_expired_sessions()
+        bus = await self._connect(identity)
+        if bus is None:
+            raise ServerUnreachable(
+                f"the server at {identity.nats_url} cannot be reached; the offline log stays "
+                "here and is uploaded at the next 'epm-agent sync' (or status, request)"
+            )
+        sent = await self.upload(bus, identity)
+        tables = OfflineState(state)
+
+        def all_confirmed() -> bool:
+            _, sent_total, confirmed = tables.upload_counts()
+            return confirmed >= sent_total
+
+        await self._read_device_channel(bus, identity)
+        if not all_confirmed() and wait_seconds > 0:
+            await self._read_device_channel(
+                bus, identity, until=all_confirmed, timeout=wait_seconds
+            )
+        records, _, confirmed = tables.upload_counts()
+        return SyncResult(sent=sent, confirmed=confirmed, pending=records - confirmed)
+
+    async def upload(self, bus: Bus, identity: Identity) -> int:
+        """Send unsent records in signed batches with publish_async; a batch's records are
+        marked sent once the stream acknowledged it, so an upload cut short resumes at the
+        first unacknowledged batch. Returns how many records were sent."""
+        state = self._state()
+        tables = OfflineState(state)
+        key = DeviceKey.load(state.key_path)
+        resend_before = iso(self.clock() - RESEND_AFTER)
+        sent = 0
+        while records := tables.unsent(UPLOAD_READ, resend_before):
+            pending = []
+            try:
+                for chunk in chunks(records):
+                    message = batch_message(
+                        key, tenant=identity.tenant, device_id=identity.device_id, records=chunk
+                    )
+                    fut = await bus.js.publish_async(
+                        message.subject, message.body, headers=message.headers
+                    )
+                    pending.append((chunk, fut))
+                for chunk, fut in pending:
+                    await asyncio.wait_for(fut, UPLOAD_ACK_TIMEOUT)
+                    tables.mark_sent(chunk[0].seq, chunk[-1].seq, iso(self.clock()))
+                    sent += len(chunk)
+            except nats.js.errors.NoStreamResponseError:
+                raise AgentError(
+                    f"the server at {identity.nats_url} has no {AGENT.name} stream to take "
+                    "the offline log; an operator must run 'epm streams apply'"
+                ) from None
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                await self.disconnect()
+                raise ServerUnreachable(
+                    f"lost the server at {identity.nats_url} while uploading the offline log "
+                    f"({type(exc).__name__}); {sent} records were sent, the rest go at the "
+                    "next sync"
+                ) from None
+            finally:
+                for _, fut in pending:
+                    if not fut.done():
+                        fut.cancel()
+            if len(records) < UPLOAD_READ:
+                break
+        return sent
+
+    async def _upload_quietly(self, bus: Bus, identity: Identity) -> None:
+        """Whenever the agent reaches the server it uploads its offline log; a failure here
+        must not fail the command that got it online (the next contact tries again)."""
+        with contextlib.suppress(AgentError):
+            await self.upload(bus, identity)
 
     async def sync_device_channel(self, timeout: float = 10.0) -> list[DeviceUpdate]:
         """Apply every decision sent to this device since the last read."""

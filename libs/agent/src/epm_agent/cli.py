@@ -20,6 +20,7 @@ from epm_agent.agent import Agent, AgentStatus, RequestOutcome
 from epm_agent.clock import clock_from_env
 from epm_agent.errors import AgentError, NotImplementedYet
 from epm_agent.offline import CodeRefused, Granted
+from epm_agent.simulate import ProgressBar, simulate
 from epm_agent.state import STATE_DIR_ENV, default_state_dir
 
 EXIT_FAILED = 1
@@ -36,6 +37,7 @@ examples:
   epm-agent offline request-code --exe /usr/bin/tool      (offline: call the help desk)
   epm-agent offline respond 7K3M-Q9XD-2HBA
   epm-agent offline redeem 0A2B-C3D4-E5F6 --exe /usr/bin/tool
+  epm-agent sync                                          (upload the offline log)
 
 EPM_AGENT_NOW (tests only) fixes this agent's clock, e.g. 2030-01-02T03:04:05Z.
 
@@ -209,16 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--minutes", type=int, help="admin minutes (15, 30, 60, 120, ...)")
     generate.set_defaults(run=_generate)
 
-    sync = command("sync", "Upload the offline log and read decisions.")
-    sync.set_defaults(run=_not_implemented("sync"))
+    sync = command(
+        "sync",
+        "Upload the offline log and read decisions, policy and confirmations.",
+        "examples:\n  epm-agent sync\n  epm-agent sync --wait 60 --json\n"
+        '{"sent", "confirmed", "pending"}: records uploaded now, records the server has '
+        "processed, records it has not (yet).",
+    )
+    sync.add_argument(
+        "--wait",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the server to confirm what was uploaded (default 10)",
+    )
+    sync.set_defaults(run=_sync)
 
-    simulate = command("simulate", "Simulate a fleet of agents against a server.")
-    simulate.add_argument("--url", required=True)
-    simulate.add_argument("--token", required=True)
-    simulate.add_argument("--tenant", required=True)
-    simulate.add_argument("--devices", type=int, required=True)
-    simulate.add_argument("--events", type=int, required=True)
-    simulate.set_defaults(run=_not_implemented("simulate"))
+    simulate = command(
+        "simulate",
+        "Simulate a fleet of agents: enroll, go offline, redeem codes, reconnect at once.",
+        "example:\n  epm-agent simulate --url http://127.0.0.1:8080 --token TOKEN "
+        "--tenant acme --devices 20 --events 10\n"
+        "The token must be allowed to create enrollment tokens and offline codes for the "
+        "tenant (tenant_admin or msp_admin). Each event is one code redeemed and one "
+        "elevation (two offline log records).",
+    )
+    simulate.add_argument("--url", required=True, help="the EPM server (gateway) URL")
+    simulate.add_argument("--token", required=True, help="an API token (tenant_admin or above)")
+    simulate.add_argument("--tenant", required=True, help="the tenant the devices enroll in")
+    simulate.add_argument("--devices", type=int, required=True, help="how many devices")
+    simulate.add_argument(
+        "--events", type=int, required=True, help="codes redeemed (and elevations) per device"
+    )
+    simulate.set_defaults(run=_simulate)
     return parser
 
 
@@ -294,20 +319,33 @@ async def _generate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, A
     return shown, human
 
 
+async def _sync(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    result = await agent.sync(wait_seconds=args.wait)
+    human = (
+        f"Offline log: {result.sent} records uploaded now, {result.confirmed} confirmed by "
+        f"the server, {result.pending} not confirmed yet."
+    )
+    if result.pending:
+        human += "\nRun 'epm-agent sync' again later to see them confirmed."
+    return result.as_json(), human
+
+
+async def _simulate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    bar = None if getattr(args, "json", False) else ProgressBar()
+    result = await simulate(
+        args.url, args.token, args.tenant, args.devices, args.events, progress=bar
+    )
+    human = (
+        f"{result.devices} devices replayed {result.records} offline records in "
+        f"{result.seconds:.2f}s: {result.sent} sent, {result.confirmed} confirmed."
+    )
+    return result.as_json(), human
+
+
 def _describe_grant(granted: Granted) -> str:
     if granted.grant == "admin":
         return f"Granted: full admin for {granted.minutes} minutes (until {granted.as_json()['ends_at']})."
     return f"Granted: this application may run elevated once ({granted.app.file_name if granted.app else ''})."
-
-
-def _not_implemented(name: str) -> Runner:
-    async def run(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-        raise NotImplementedYet(
-            f"'epm-agent {name}' is not implemented yet in this agent release; "
-            "use the online commands (enroll, request, status) for now"
-        )
-
-    return run
 
 
 def _describe_outcome(outcome: RequestOutcome, waited: float) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from epm_events.agent import KEY_KIND, LOCKOUT_KIND, KeyUpdate, LockoutLift, RequestAnswer
+from epm_events.agent import (
+    KEY_KIND,
+    LOCKOUT_KIND,
+    REPLAY_KIND,
+    KeyUpdate,
+    LockoutLift,
+    ReplayAck,
+    RequestAnswer,
+)
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 DECISION_KIND = "decision"
@@ -22,21 +30,35 @@ class PolicyChange(BaseModel):
     seq: int
 
 
-DeviceMessage = RequestAnswer | PolicyChange | KeyUpdate | LockoutLift
+DeviceMessage = RequestAnswer | PolicyChange | KeyUpdate | LockoutLift | ReplayAck
 """KeyUpdate: new offline key material (applied if its version is newer, and only if it
 opens with this device's encryption key: DeviceChannel checks). LockoutLift: end a
-lockout of offline codes now."""
+lockout of offline codes now. ReplayAck: request-svc processed an upload of the offline
+log (its records are then confirmed)."""
 
 _DECODERS: dict[
-    str, type[RequestAnswer] | type[PolicyChange] | type[KeyUpdate] | type[LockoutLift]
+    str,
+    type[RequestAnswer]
+    | type[PolicyChange]
+    | type[KeyUpdate]
+    | type[LockoutLift]
+    | type[ReplayAck],
 ] = {
     DECISION_KIND: RequestAnswer,
     POLICY_KIND: PolicyChange,
     KEY_KIND: KeyUpdate,
     LOCKOUT_KIND: LockoutLift,
+    REPLAY_KIND: ReplayAck,
 }
 
-__all__ = ["DeviceMessage", "KeyUpdate", "LockoutLift", "PolicyChange", "decode_device_message"]
+__all__ = [
+    "DeviceMessage",
+    "KeyUpdate",
+    "LockoutLift",
+    "PolicyChange",
+    "ReplayAck",
+    "decode_device_message",
+]
 
 
 def decode_device_message(kind: str, data: bytes) -> DeviceMessage | None:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
-from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, ElevationRequested, signing_bytes
+from epm_events.agent import (
+    REPLY_HEADER,
+    SIGNATURE_HEADER,
+    AgentMessage,
+    ElevationRequested,
+    signing_bytes,
+)
 from epm_events.catalog import AppInfo
 from epm_events.codec import encode
 from epm_events.envelope import Envelope, agent_source
@@ -106,22 +112,45 @@ def elevation_message(
     time: datetime | None = None,
 ) -> SignedMessage:
     request = ElevationRequested(user=user, app=app, reason=reason)
+    extra = {REPLY_HEADER: reply_to} if reply_to is not None else {}
+    return signed_message(
+        key,
+        tenant=tenant,
+        device_id=device_id,
+        message=request,
+        msg_id=msg_id,
+        time=time,
+        headers=extra,
+    )
+
+
+def signed_message(
+    key: DeviceKey,
+    *,
+    tenant: str,
+    device_id: str,
+    message: AgentMessage,
+    msg_id: str | None = None,
+    time: datetime | None = None,
+    headers: dict[str, str] | None = None,
+) -> SignedMessage:
+    """Any agent message as a CloudEvent on ``epm.agent.<tenant>.<device>.<Name>``, signed
+    by the device key over ``signing_bytes(subject, msg_id, body)``."""
     msg_id = msg_id or new_event_id()
-    subject = agent_subject(tenant, device_id, ElevationRequested.NAME)
+    subject = agent_subject(tenant, device_id, message.NAME)
     envelope = Envelope(
         id=msg_id,
         source=agent_source(tenant, device_id),
-        type=f"epm.{ElevationRequested.NAME}.v{ElevationRequested.VERSION}",
+        type=f"epm.{message.NAME}.v{message.VERSION}",
         subject=device_id,
         time=time or datetime.now(UTC),
         tenant=tenant,
-        data=request.model_dump(mode="json"),
+        data=message.model_dump(mode="json"),
     )
     body = encode(envelope)
-    headers = {
+    signed = {
+        **(headers or {}),
         MSG_ID_HEADER: msg_id,
         SIGNATURE_HEADER: key.sign_b64(signing_bytes(subject, msg_id, body)),
     }
-    if reply_to is not None:
-        headers[REPLY_HEADER] = reply_to
-    return SignedMessage(subject=subject, msg_id=msg_id, body=body, headers=headers)
+    return SignedMessage(subject=subject, msg_id=msg_id, body=body, headers=signed)

@@ -184,6 +184,7 @@ class OfflineAccess:
         redeemed = {
             "kind": "response",
             "code_ref": f"response:v{current.key_version}:{code_hash(entered)}",
+            "code_hash": code_hash(entered),
             "grant": grant.grant,
             "user": who,
         }
@@ -247,6 +248,7 @@ class OfflineAccess:
         redeemed = {
             "kind": "access_code",
             "code_ref": f"access_code:v{checked.key_version}:{code.counter}",
+            "code_hash": code_hash(entered),
             "grant": code.purpose,
             "user": who,
         }

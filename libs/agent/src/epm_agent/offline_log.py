@@ -13,32 +13,29 @@ gaps) and ``device_time``. The hash chains the records:
 
 Uploading (the replay issue) sends ``type`` with ``data`` + ``record_hash`` as
 that event; the server recomputes the chain from the events alone and checks
-the head against the batch's Ed25519 signature. Editing, dropping or reordering
+the head against the batch's Ed25519 signature. The chain itself is defined once, in
+``epm_domain.offline_log``, for the agent and the server alike. Editing, dropping or reordering
 a record breaks every later hash.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from epm_events.catalog import (
-    AdminSessionEnded,
-    AdminSessionStarted,
-    ElevationPerformed,
-    OfflineCodeRedeemed,
-    OfflineRecord,
-)
+from epm_domain.offline_log import GENESIS, RECORD_EVENTS, canonical, record_hash
+from epm_events.catalog import OfflineRecord
 
-GENESIS = "0" * 64
-
-RECORD_EVENTS: dict[str, type[OfflineRecord]] = {
-    e.NAME: e
-    for e in (OfflineCodeRedeemed, ElevationPerformed, AdminSessionStarted, AdminSessionEnded)
-}
+__all__ = [
+    "GENESIS",
+    "RECORD_EVENTS",
+    "LogRecord",
+    "canonical",
+    "first_break",
+    "new_record",
+    "record_hash",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +54,6 @@ class LogRecord:
         return RECORD_EVENTS[self.type].model_validate(
             {**self.record["data"], "record_hash": self.hash}
         )
-
-
-def canonical(record: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-
-
-def record_hash(prev_hash: str, record: Mapping[str, Any]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(record)).hexdigest()
 
 
 def new_record(

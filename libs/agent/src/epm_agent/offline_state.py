@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from epm_events.agent import KeyUpdate, LockoutLift
+from epm_events.agent import KeyUpdate, LockoutLift, ReplayAck
 
 from epm_agent.challenges import MAX_PENDING, Challenge
 from epm_agent.clock import iso, parse_time
@@ -248,6 +248,32 @@ class OfflineState:
             )
             return record
 
+    # --- uploading the log ----------------------------------------------------------------
+
+    def unsent(self, limit: int, resend_before: str | None = None) -> list[LogRecord]:
+        """The oldest records not yet acknowledged by the stream (and, with
+        ``resend_before``, those sent before then that the server never confirmed)."""
+        rows = self.db.execute(
+            "SELECT seq, prev_hash, hash, record FROM offline_log WHERE sent_at IS NULL "
+            "OR (confirmed = 0 AND sent_at < ?) ORDER BY seq LIMIT ?",
+            (resend_before or "", limit),
+        ).fetchall()
+        return [LogRecord(int(r[0]), r[1], r[2], orjson.loads(r[3])) for r in rows]
+
+    def mark_sent(self, first_seq: int, last_seq: int, at: str) -> None:
+        with self.state.transaction() as db:
+            db.execute(
+                "UPDATE offline_log SET sent_at = ? WHERE seq BETWEEN ? AND ?",
+                (at, first_seq, last_seq),
+            )
+
+    def upload_counts(self) -> tuple[int, int, int]:
+        """(records, sent, confirmed) of the whole log."""
+        row = self.db.execute(
+            "SELECT count(*), count(sent_at), coalesce(sum(confirmed), 0) FROM offline_log"
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
     def log(self) -> list[LogRecord]:
         rows = self.db.execute(
             "SELECT seq, prev_hash, hash, record FROM offline_log ORDER BY seq"
@@ -274,6 +300,16 @@ def save_key(db: sqlite3.Connection, key_version: int, material: Any, reason: st
 def apply_key_update(db: sqlite3.Connection, update: KeyUpdate) -> bool:
     material = {"key_version": update.key_version, "sealed": update.sealed}
     return save_key(db, update.key_version, material, update.reason or "rotated")
+
+
+def apply_replay_ack(db: sqlite3.Connection, ack: ReplayAck) -> bool:
+    """request-svc processed records first_seq..processed_through: they are confirmed."""
+    cursor = db.execute(
+        "UPDATE offline_log SET confirmed = 1, sent_at = coalesce(sent_at, ?) "
+        "WHERE seq BETWEEN ? AND ? AND confirmed = 0",
+        (iso(datetime.now(UTC)), ack.first_seq, ack.processed_through),
+    )
+    return cursor.rowcount > 0
 
 
 def apply_lockout_lift(db: sqlite3.Connection, lift: LockoutLift) -> bool:

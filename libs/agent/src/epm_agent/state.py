@@ -25,11 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from epm_events.agent import RequestAnswer
+from epm_events.agent import ReplayAck, RequestAnswer
 
 from epm_agent.device_messages import DeviceMessage, KeyUpdate, LockoutLift, PolicyChange
 from epm_agent.errors import AgentError, NotEnrolled
-from epm_agent.offline_state import apply_key_update, apply_lockout_lift, save_key
+from epm_agent.offline_state import (
+    apply_key_update,
+    apply_lockout_lift,
+    apply_replay_ack,
+    save_key,
+)
 from epm_agent.private_file import PRIVATE_FILE_MODE
 
 DIR_MODE = 0o700
@@ -148,6 +153,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE lockout ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE lockout ADD COLUMN last_failure_at TEXT;
     INSERT OR IGNORE INTO lockout (id) VALUES (1);
+    """,
+    # 4: uploading the offline log: when the stream acknowledged a record's batch
+    # (``sent_at``); ``confirmed`` (from migration 1) once request-svc processed it
+    """
+    ALTER TABLE offline_log ADD COLUMN sent_at TEXT;
+    CREATE INDEX offline_log_unsent ON offline_log (sent_at, seq);
     """,
 )
 
@@ -417,6 +428,8 @@ class StateDir:
                 changed = apply_key_update(db, message)
             elif isinstance(message, LockoutLift):
                 changed = apply_lockout_lift(db, message)
+            elif isinstance(message, ReplayAck):
+                changed = apply_replay_ack(db, message)
             else:
                 changed = False
             request_id = message.request_id if isinstance(message, RequestAnswer) else None

@@ -8,7 +8,7 @@ turns them into domain events. Each carries ``Nats-Msg-Id`` and
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -44,7 +44,39 @@ class ElevationRequested(AgentMessage):
     reason: str = Field(default="", max_length=2000)
 
 
-AGENT_MESSAGES: dict[str, type[AgentMessage]] = {m.NAME: m for m in (ElevationRequested,)}
+class OfflineLogEntry(Model):
+    """One offline log record as uploaded: ``{"type", "data"}`` is the record the chain
+    hashes (epm_domain.offline_log), ``prev_hash`` the hash it chains from."""
+
+    type: str
+    data: dict[str, Any]
+    prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    record_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+MAX_BATCH_RECORDS = 200
+MAX_BATCH_BYTES = 64 * 1024
+"""An upload batch stays far below the 256 KiB event limit (a record is 0.3-6 KiB)."""
+
+
+class OfflineLogBatch(AgentMessage):
+    """Records ``first_seq``..``last_seq`` of the device's offline log, in order.
+
+    ONE Ed25519 signature (``Epm-Signature`` over ``signing_bytes``) covers the batch and
+    with it ``chain_head``, the hash of its last record. ``Nats-Msg-Id`` is
+    ``ids.offline_batch_id(device, first_seq, last_seq)``, so a re-sent batch is
+    deduplicated by the stream."""
+
+    NAME = "OfflineLogBatch"
+    first_seq: int = Field(ge=1)
+    last_seq: int = Field(ge=1)
+    chain_head: str = Field(pattern=r"^[0-9a-f]{64}$")
+    records: list[OfflineLogEntry] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+
+AGENT_MESSAGES: dict[str, type[AgentMessage]] = {
+    m.NAME: m for m in (ElevationRequested, OfflineLogBatch)
+}
 
 
 class RequestAnswer(Model):
@@ -99,3 +131,23 @@ class LockoutLift(Model):
     device_id: str
     lifted_by: str
     reason: str = ""
+
+
+REPLAY_KIND = "replay"
+
+
+class ReplayAck(Model):
+    """On ``epm.device.<tenant>.<device>.replay``: request-svc processed an OfflineLogBatch.
+
+    ``processed_through`` is the last sequence of the batch: every record up to it is
+    in EPM_EVENTS, or was refused with a SecurityAlertRaised (``refused`` counts those).
+    The agent marks its records up to there confirmed."""
+
+    tenant: str
+    device_id: str
+    batch_id: str
+    first_seq: int
+    processed_through: int
+    accepted: int
+    duplicates: int
+    refused: int

@@ -322,6 +322,9 @@ class OfflineCodeRedeemed(OfflineRecord):
     code_ref: str  # counter or response id, never the code
     grant: GrantKind
     user: str = ""
+    # epm_domain.offline_codes.code_hash of the code entered (as in OfflineCodeIssued):
+    # lets request-svc see one code redeemed twice, also on two devices
+    code_hash: str | None = None
 
 
 class ElevationPerformed(OfflineRecord):

@@ -85,3 +85,13 @@ def request_id_for(msg_id: str) -> str:
     """The request id of an agent's ElevationRequested message, derived from its message id,
     so a redelivered or re-sent message names the same request (agent and server agree)."""
     return "req-" + uuid.uuid5(EPM_NAMESPACE, f"request\x1f{msg_id}").hex[:24]
+
+
+def offline_batch_id(device: str, first_seq: int, last_seq: int) -> str:
+    """The ``Nats-Msg-Id`` of an offline log upload: the same records, the same id."""
+    return derived_event_id(f"{device}:{first_seq}:{last_seq}", "OfflineLogBatch")
+
+
+def offline_record_event_id(device: str, seq: int, event_name: str) -> str:
+    """The event id of a replayed offline record: one per (device, sequence), forever."""
+    return derived_event_id(f"{device}:{seq}", event_name)

@@ -4,12 +4,16 @@ Where things go (the handler table of this service):
 
 - projection ``store`` (epm_request.store.RequestStore), from EPM_EVENTS:
   TenantCreated, EnrollmentTokenCreated, EnrollmentTokenUsed, DeviceEnrolled,
-  DeviceRevoked, RequestCreated, Approved, Denied, RequestExpired; decisions
+  DeviceRevoked, RequestCreated, Approved, Denied, RequestExpired, the offline
+  records (device_log) and OfflineCodeIssued (issued_codes); decisions
   are queued to devices (outbox -> EPM_DEVICE ``epm.device.<t>.<d>.decision``).
 - intake (epm_request.intake.AgentIntake), from EPM_AGENT:
   ``ElevationRequested`` -> RequestCreated, then approval-svc ``auto_decide``,
-  answer on the agent's ``Epm-Reply-To``; refused input -> SecurityAlertRaised
-  or EPM_DLQ.
+  answer on the agent's ``Epm-Reply-To``; ``OfflineLogBatch`` -> OfflineCodeRedeemed,
+  ElevationPerformed, AdminSessionStarted, AdminSessionEnded on the device aggregate
+  (epm_request.replay, exactly once per (device, seq); gaps, forks, tampering and code
+  reuse -> SecurityAlertRaised), then a ReplayAck on ``epm.device.<t>.<d>.replay``;
+  refused input -> SecurityAlertRaised or EPM_DLQ.
 - expiry (epm_request.expiry.ExpiryScheduler): open requests past
   ``EPM_REQUEST_TTL`` -> RequestExpired.
 - commands ``epm.rpc.request-svc.*`` (epm_request.commands.RequestCommands):

@@ -27,6 +27,7 @@ from epm_events.agent import (
     REPLY_HEADER,
     SIGNATURE_HEADER,
     ElevationRequested,
+    OfflineLogBatch,
     RequestAnswer,
     signing_bytes,
 )
@@ -46,6 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from epm_request import store
+from epm_request.replay import OfflineReplay
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Verified:
     msg_id: str
     data: dict[str, Any]
     reply_to: str | None
+    received_at: datetime  # when EPM_AGENT stored the message
 
 
 class AgentIntake:
@@ -88,8 +91,10 @@ class AgentIntake:
         self.store = ctx.projector(store.RequestStore.name)
         self._sub: Any = None
         self._chains: dict[str, asyncio.Future[None]] = {}
+        self.replay = OfflineReplay(ctx, self.store)
         self.handlers: dict[str, Callable[[Verified], Awaitable[None]]] = {
             ElevationRequested.NAME: self.on_elevation_requested,
+            OfflineLogBatch.NAME: self.on_offline_log_batch,
         }
 
     async def start(self) -> None:
@@ -245,7 +250,7 @@ class AgentIntake:
                 subject.tenant,
                 subject.device,
             )
-        return Verified(subject, msg_id, env.data, reply_to)
+        return Verified(subject, msg_id, env.data, reply_to, msg.metadata.timestamp)
 
     async def _alert(self, msg: Msg, r: Refused) -> None:
         msg_id = (msg.headers or {}).get(
@@ -308,6 +313,14 @@ class AgentIntake:
         answer = await self._auto_decide(tenant, request_id, body, created_seq)
         if v.reply_to:
             await self.ctx.bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
+
+    async def on_offline_log_batch(self, v: Verified) -> None:
+        """Records of the device's offline log (epm_request.replay), signed once per batch."""
+        try:
+            batch = OfflineLogBatch.model_validate(v.data)
+        except ValidationError as exc:
+            raise Malformed("invalid_data", str(exc).splitlines()[0]) from None
+        await self.replay.replay(v.subject.tenant, v.subject.device, v.msg_id, batch, v.received_at)
 
     async def _auto_decide(
         self, tenant: str, request_id: str, body: ElevationRequested, created_seq: int

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from epm_domain.offline_log import RECORD_EVENTS
 from epm_domain.request import REQUEST_EVENTS, Request, evolve
 from epm_events.agent import RequestAnswer
 from epm_events.catalog import (
@@ -24,6 +25,9 @@ from epm_events.catalog import (
     EnrollmentTokenCreated,
     EnrollmentTokenUsed,
     Event,
+    OfflineCodeIssued,
+    OfflineCodeRedeemed,
+    OfflineRecord,
     RequestCreated,
     RequestExpired,
     TenantCreated,
@@ -35,6 +39,7 @@ from epm_service.projection import Applied, Handler, Projection
 from epm_service.tenants import on_tenant_created
 
 from epm_request.enrollment import EnrollmentToken
+from epm_request.offline_replay import code_refs
 
 SCHEMA = (
     """
@@ -60,6 +65,25 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_seq);
 CREATE INDEX IF NOT EXISTS requests_tenant ON requests (tenant, status, created_seq);
 CREATE INDEX IF NOT EXISTS requests_expiry ON requests (status, expires_at);
+-- replayed offline logs: what each device's log holds here (epm_request.replay)
+CREATE TABLE IF NOT EXISTS device_log (
+    device_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, last_seq INTEGER NOT NULL,
+    last_hash TEXT NOT NULL, records INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_log_records (
+    device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, type TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+-- every offline code redemption, by what identifies the code: "<device>|<code_ref>" and
+-- "hash|<code_hash>"; the first redemption is the one kept
+CREATE TABLE IF NOT EXISTS redeemed_codes (
+    ref TEXT PRIMARY KEY, device_id TEXT NOT NULL, seq INTEGER NOT NULL
+) WITHOUT ROWID;
+-- codes issued (approval-svc's OfflineCodeIssued): to whom, so a redemption elsewhere shows
+CREATE TABLE IF NOT EXISTS issued_codes (
+    code_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, key_version INTEGER NOT NULL,
+    counter INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS request_history (
     request_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, time TEXT NOT NULL,
     data TEXT NOT NULL, PRIMARY KEY (request_id, seq)
@@ -83,6 +107,9 @@ class RequestStore(Projection):
         }
         for cls in REQUEST_EVENTS:
             table[cls] = on_request_event
+        for record in RECORD_EVENTS.values():
+            table[record] = on_offline_record
+        table[OfflineCodeIssued] = on_code_issued
         return table
 
 
@@ -132,6 +159,36 @@ def on_device_enrolled(conn: sqlite3.Connection, e: DeviceEnrolled, at: Applied)
 
 def on_device_revoked(conn: sqlite3.Connection, e: DeviceRevoked, at: Applied) -> None:
     conn.execute("UPDATE devices SET revoked = 1, last_seq = ? WHERE id = ?", (at.seq, e.device_id))
+
+
+def on_offline_record(conn: sqlite3.Connection, e: OfflineRecord, at: Applied) -> None:
+    """One replayed record of a device's offline log (appended once per (device, seq))."""
+    conn.execute(
+        "INSERT OR IGNORE INTO device_log_records (device_id, seq, hash, type) VALUES (?,?,?,?)",
+        (e.device_id, e.device_seq, e.record_hash, e.NAME),
+    )
+    conn.execute(
+        "INSERT INTO device_log (device_id, tenant, last_seq, last_hash, records)"
+        " VALUES (?,?,?,?,1) ON CONFLICT (device_id) DO UPDATE SET records = records + 1,"
+        " last_hash = CASE WHEN excluded.last_seq > last_seq THEN excluded.last_hash"
+        " ELSE last_hash END, last_seq = max(last_seq, excluded.last_seq)",
+        (e.device_id, at.env.tenant, e.device_seq, e.record_hash),
+    )
+    conn.execute("UPDATE devices SET last_seq = ? WHERE id = ?", (at.seq, e.device_id))
+    if isinstance(e, OfflineCodeRedeemed):
+        for ref in code_refs(e.device_id, e):
+            conn.execute(
+                "INSERT OR IGNORE INTO redeemed_codes (ref, device_id, seq) VALUES (?,?,?)",
+                (ref, e.device_id, e.device_seq),
+            )
+
+
+def on_code_issued(conn: sqlite3.Connection, e: OfflineCodeIssued, at: Applied) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO issued_codes (code_hash, device_id, key_version, counter)"
+        " VALUES (?,?,?,?)",
+        (e.code_hash, e.device_id, e.key_version, e.counter),
+    )
 
 
 def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
@@ -402,3 +459,48 @@ def due_for_expiry(
 
 def tenant_exists(conn: sqlite3.Connection, tenant: str) -> bool:
     return conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone() is not None
+
+
+def device_log_state(
+    conn: sqlite3.Connection, device_id: str, first_seq: int, last_seq: int
+) -> tuple[int, int, dict[int, str]]:
+    """(highest accepted seq, device aggregate's last stream seq, hashes of the accepted
+    records in first_seq-1..last_seq) for one device: what a replay is checked against."""
+    row = conn.execute("SELECT last_seq FROM device_log WHERE device_id = ?", (device_id,))
+    head = row.fetchone()
+    agg = conn.execute("SELECT last_seq FROM devices WHERE id = ?", (device_id,)).fetchone()
+    hashes = {
+        int(r[0]): str(r[1])
+        for r in conn.execute(
+            "SELECT seq, hash FROM device_log_records WHERE device_id = ? AND seq BETWEEN ? AND ?",
+            (device_id, first_seq - 1, last_seq),
+        )
+    }
+    return (int(head[0]) if head else 0), (int(agg[0]) if agg else 0), hashes
+
+
+def code_redemptions(conn: sqlite3.Connection, refs: list[str]) -> dict[str, tuple[str, int]]:
+    """The first redemption of each of these refs: ref -> (device_id, seq)."""
+    if not refs:
+        return {}
+    marks = ",".join("?" * len(refs))
+    return {
+        r[0]: (r[1], int(r[2]))
+        for r in conn.execute(
+            f"SELECT ref, device_id, seq FROM redeemed_codes WHERE ref IN ({marks})", refs
+        )
+    }
+
+
+def issued_to(conn: sqlite3.Connection, code_hashes: list[str]) -> dict[str, str]:
+    """code_hash -> the device it was issued to, for those issued through the server."""
+    if not code_hashes:
+        return {}
+    marks = ",".join("?" * len(code_hashes))
+    return {
+        r[0]: r[1]
+        for r in conn.execute(
+            f"SELECT code_hash, device_id FROM issued_codes WHERE code_hash IN ({marks})",
+            code_hashes,
+        )
+    }

@@ -1,0 +1,218 @@
+"""Offline log replay: a verified OfflineLogBatch becomes domain events on the device
+aggregate, exactly once per (device, sequence), however often and however late it comes.
+
+How "exactly once" holds (docs/internal-contracts.md, "Offline log replay"):
+- every record's event id is ``offline_record_event_id(device, seq, type)``: the same
+  record always has the same ``Nats-Msg-Id``;
+- the projection says which sequences of the device are accepted; ``decide`` keeps the
+  new ones;
+- the append is the arbiter: the FIRST new record is appended with
+  ``Nats-Expected-Last-Subject-Sequence`` = the device aggregate's last sequence as the
+  projection knows it. If the stream has anything newer for the device (the projection
+  was behind, another replica or a redelivery got there first), the append fails (or
+  comes back a duplicate); the replay then waits until its projection has everything the
+  stream holds and decides again. Once it succeeds, the projection was complete for this
+  device, so none of the new records exists yet;
+- the rest follow at once with publish_async (no round trip each): a copy published
+  concurrently by another replica carries the same ids and lands within JetStream's
+  duplicate window (seconds apart, the window is minutes), so one of the two is dropped.
+Alerts are raised before the records are appended, each once (expected sequence 0 on its
+own alert aggregate), so a crash in between raises nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from epm_events.agent import REPLAY_KIND, OfflineLogBatch, ReplayAck
+from epm_events.catalog import OfflineRecord, SecurityAlertRaised
+from epm_events.codec import encode
+from epm_events.envelope import new_envelope, service_source
+from epm_events.ids import derived_event_id, offline_record_event_id
+from epm_events.streams import DEVICE, EVENTS
+from epm_events.subjects import aggregate_filter, device_subject, event_subject
+from epm_service.projection import Projector
+from epm_service.publisher import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    ConcurrencyConflict,
+)
+from epm_service.runtime import ServiceContext
+from nats.js.errors import APIError
+
+from epm_request import store
+from epm_request.offline_replay import Alert, DeviceLog, Verdict, decide, redeemed_refs
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+CATCH_UP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    verdict: Verdict
+    ack: ReplayAck
+
+
+class OfflineReplay:
+    def __init__(self, ctx: ServiceContext, projector: Projector) -> None:
+        self.ctx = ctx
+        self.js = ctx.bus.js
+        self.store = projector
+        self.source = service_source(ctx.name)
+        self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
+
+    async def replay(
+        self, tenant: str, device: str, batch_id: str, batch: OfflineLogBatch, received: datetime
+    ) -> ReplayOutcome:
+        """Decide, raise the alerts, append the new records, tell the device. Raises on a
+        transient failure (the caller retries the whole batch: everything here is idempotent)."""
+        mine = self._appended.get(device)
+        if mine is not None:  # read our own writes: the device's previous batch
+            await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
+        refs, code_hashes = redeemed_refs(device, batch)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            last, agg_seq, hashes = await self.store.read(
+                lambda c: store.device_log_state(c, device, batch.first_seq, batch.last_seq)
+            )
+            redemptions = await self.store.read(lambda c: store.code_redemptions(c, refs))
+            issued = await self.store.read(lambda c: store.issued_to(c, code_hashes))
+            verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
+            for alert in verdict.alerts:
+                await self._raise(tenant, device, batch_id, alert)
+            try:
+                await self._append(tenant, device, verdict.accepted, agg_seq, received)
+                break
+            except ConcurrencyConflict:
+                log.info(
+                    "replay met newer events of the device; catching up",
+                    extra={"tenant": tenant, "device_id": device, "attempt": attempt},
+                )
+                await self._catch_up()
+        else:
+            raise RuntimeError(
+                f"replay of {batch_id} from device {device} kept meeting concurrent appends"
+            )
+        ack = ReplayAck(
+            tenant=tenant,
+            device_id=device,
+            batch_id=batch_id,
+            first_seq=batch.first_seq,
+            processed_through=batch.last_seq,
+            accepted=len(verdict.accepted),
+            duplicates=verdict.duplicates,
+            refused=verdict.refused,
+        )
+        await self.js.publish(
+            device_subject(tenant, device, REPLAY_KIND),
+            orjson.dumps(ack.model_dump(mode="json")),
+            stream=DEVICE.name,
+            headers={MSG_ID: derived_event_id(batch_id, "ReplayAck")},
+        )
+        log.info(
+            "offline log replayed",
+            extra={
+                "tenant": tenant,
+                "device_id": device,
+                "first_seq": batch.first_seq,
+                "last_seq": batch.last_seq,
+                "accepted": ack.accepted,
+                "duplicates": ack.duplicates,
+                "refused": ack.refused,
+                "alerts": len(verdict.alerts),
+            },
+        )
+        return ReplayOutcome(verdict, ack)
+
+    async def _append(
+        self,
+        tenant: str,
+        device: str,
+        records: Sequence[OfflineRecord],
+        agg_seq: int,
+        received: datetime,
+    ) -> None:
+        if not records:
+            return
+        subject_of = {
+            name: event_subject(tenant, "device", device, name)
+            for name in {r.NAME for r in records}
+        }
+        first, rest = records[0], records[1:]
+        payload, msg_id = self._encode(tenant, device, first, received)
+        try:
+            ack = await self.js.publish(
+                subject_of[first.NAME],
+                payload,
+                stream=EVENTS.name,
+                headers={
+                    MSG_ID: msg_id,
+                    EXPECTED_LAST_SUBJECT_SEQ: str(agg_seq),
+                    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate_filter(tenant, "device", device),
+                },
+            )
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ConcurrencyConflict(f"device {device}", agg_seq) from None
+            raise
+        if ack.duplicate:  # published already, after what our projection knows
+            raise ConcurrencyConflict(f"device {device}", agg_seq)
+        last_seq = ack.seq
+        futures = []
+        for record in rest:
+            payload, msg_id = self._encode(tenant, device, record, received)
+            futures.append(
+                await self.js.publish_async(
+                    subject_of[record.NAME], payload, headers={MSG_ID: msg_id}
+                )
+            )
+        for fut in futures:
+            last_seq = max(last_seq, (await fut).seq)
+        self._appended[device] = last_seq
+
+    def _encode(
+        self, tenant: str, device: str, record: OfflineRecord, received: datetime
+    ) -> tuple[bytes, str]:
+        """The CloudEvent of a record: ``time`` is when the server received the upload (the
+        EPM_AGENT timestamp, the same on every retry), ``data.device_time`` when it happened."""
+        msg_id = offline_record_event_id(device, record.device_seq, record.NAME)
+        env = new_envelope(record, tenant=tenant, source=self.source, id=msg_id, time=received)
+        return encode(env), msg_id
+
+    async def _raise(self, tenant: str, device: str, batch_id: str, alert: Alert) -> None:
+        event_id = derived_event_id(alert.key, "SecurityAlertRaised")
+        event = SecurityAlertRaised(
+            alert_id="alert-" + event_id[:18],
+            kind=alert.kind,
+            device_id=device,
+            reason=alert.reason,
+            evidence={**alert.evidence, "batch_id": batch_id},
+        )
+        log.warning(
+            "offline log alert: %s",
+            alert.reason,
+            extra={"tenant": tenant, "device_id": device, "kind": alert.kind},
+        )
+        # A conflict: raised already, for this very record (a re-sent or redelivered batch).
+        with contextlib.suppress(ConcurrencyConflict):
+            await self.ctx.publisher.append(tenant, [event], 0, ids=[event_id])
+
+    async def _catch_up(self) -> None:
+        """Until the projection holds everything the stream held a moment ago."""
+        info = await self.js.stream_info(EVENTS.name)
+        started = time.monotonic()
+        if not await self.store.wait_for(info.state.last_seq, timeout=CATCH_UP_TIMEOUT):
+            raise RuntimeError(
+                f"request-svc's projection did not reach stream sequence {info.state.last_seq} "
+                f"within {CATCH_UP_TIMEOUT:g}s; the batch will be retried"
+            )
+        log.debug("caught up", extra={"ms": round((time.monotonic() - started) * 1000, 1)})
