@@ -413,6 +413,20 @@ class ChainHead(Model):
     hash: str
 
 
+class AuditKeyCreated(Event):
+    """audit-svc's Ed25519 checkpoint signing key, created once (expected sequence 0 on
+    ``_global.auditkey.<key_id>``): the private half only as ciphertext under EPM_MASTER_KEY,
+    so a rebuilt projection signs with the same key."""
+
+    NAME = "AuditKeyCreated"
+    AGGREGATE = "auditkey"
+    ID_FIELD = "key_id"
+    key_id: str
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key: str  # raw 32 bytes, base64
+    ciphertext: str  # the raw private key, epm_service.secretbox sealed (context auditkey:<id>)
+
+
 class AuditCheckpointSigned(Event):
     NAME = "AuditCheckpointSigned"
     AGGREGATE = "audit"
@@ -452,6 +466,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     NotificationChannelRemoved,
     NotificationSent,
     NotificationFailed,
+    AuditKeyCreated,
     AuditCheckpointSigned,
 )
 
