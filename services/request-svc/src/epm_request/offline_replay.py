@@ -112,12 +112,15 @@ def decide(
         return out
     prev: OfflineLogEntry | None = None
     prev_seq = 0
+    refused_here: set[int] = set()  # already alerted: not a gap as well
     for entry in entries:
         record, problem = _record_of(device_id, entry)
         if record is None or problem is not None:
             out.refused += 1
             seq = record.device_seq if record is not None else entry.data.get("device_seq")
             out.alerts.append(_tampered(device_id, entry, seq, problem or "invalid"))
+            if isinstance(seq, int):
+                refused_here.add(seq)
             continue
         seq = record.device_seq
         if prev is not None and seq <= prev_seq:
@@ -129,6 +132,7 @@ def decide(
             out.alerts.append(
                 _tampered(device_id, entry, seq, "does not chain to the record before it")
             )
+            refused_here.add(seq)
             prev, prev_seq = entry, seq
             continue
         prev, prev_seq = entry, seq
@@ -154,7 +158,7 @@ def decide(
                 )
             continue
         before = hashes.get(seq - 1)
-        if seq > last + 1 and before is None:
+        if seq > last + 1 and before is None and seq - 1 not in refused_here:
             out.alerts.append(
                 Alert(
                     "log_gap",
