@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response as StarletteResponse
 
-from epm_gateway import problems
+from epm_gateway import hardening, problems
 from epm_gateway.directory import (
     Directory,
     Tenant,
@@ -130,6 +130,10 @@ async def authenticate(
         principal = await read_caught_up(
             directory_of(service), service.ctx.bus.js, lambda c: principal_by_hash(c, token_hash)
         )
+        if principal is not None and await hardening.revoked_in_stream(
+            service.ctx.bus.js, principal
+        ):
+            principal = None  # revoked on another replica, not yet in our projection
     if principal is None:
         raise Unauthorized(
             "the token is unknown or revoked: ask an administrator for a new one",
@@ -301,4 +305,5 @@ def create_app(service: RunningService) -> FastAPI:
     app.include_router(session.router)
     app.include_router(events_stream.router)
     app.include_router(console.router)
+    hardening.install(app, public_url=service.ctx.settings.public_url)  # outermost: the guard
     return app
