@@ -1,0 +1,109 @@
+// Offline help desk: answer a computer's request code, issue access codes, edit the policy.
+import { api, ApiError } from "./api.js";
+import { $, $$, h, notify } from "./dom.js";
+
+const POLICY_SWITCHES = ["challenge_response", "response_any_app", "app_codes", "admin_codes", "self_service"];
+
+export function offlineView(ctx) {
+  let devices = [];
+
+  const tenantPath = () => `/v1/tenants/${encodeURIComponent(ctx.tenant)}`;
+  const devicePath = () => `${tenantPath()}/devices/${encodeURIComponent($("#device").value)}`;
+
+  async function load() {
+    const needsTenant = !ctx.tenant;
+    $("#offline-needs-tenant").hidden = !needsTenant;
+    $("#offline-tools").hidden = needsTenant;
+    if (needsTenant) return;
+    const page = await api("GET", `${tenantPath()}/devices`);
+    devices = page.items.filter((d) => !d.revoked); // open offline requests come first
+    renderDevices();
+    await loadPolicy();
+  }
+
+  function renderDevices() {
+    const term = $("#device-search").value.trim().toLowerCase();
+    const shown = devices.filter((d) => !term || `${d.hostname} ${d.id}`.toLowerCase().includes(term));
+    const select = $("#device");
+    const chosen = select.value;
+    select.replaceChildren(
+      ...shown.map((d) =>
+        h("option", { value: d.id }, d.offline_open ? `${d.hostname} (request open)` : d.hostname),
+      ),
+    );
+    if (shown.some((d) => d.id === chosen)) select.value = chosen;
+    if (shown.length === 0) select.append(h("option", { value: "", disabled: true }, "No computer matches"));
+  }
+
+  async function loadPolicy() {
+    try {
+      const policy = await api("GET", `${tenantPath()}/offline-policy`);
+      for (const key of POLICY_SWITCHES) $(`#p-${key}`).checked = Boolean(policy[key]);
+      $("#p-max_admin_minutes").value = policy.max_admin_minutes;
+      $("#policy-form").hidden = false;
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status !== 403) throw err;
+      $("#policy-form").hidden = true; // not this role's to see
+    }
+  }
+
+  function grantKind() {
+    return $("input[name=grant]:checked").value;
+  }
+
+  function showGrantFields() {
+    const kind = grantKind();
+    for (const el of $$("[data-grant]")) el.hidden = el.dataset.grant !== kind;
+  }
+
+  $("#device-search").addEventListener("input", renderDevices);
+  for (const radio of $$("input[name=grant]")) radio.addEventListener("change", showGrantFields);
+
+  $("#response-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("#response-result").hidden = true;
+    const body = { request_code: $("#request-code").value.replace(/\s/g, ""), grant: grantKind() };
+    if (body.grant === "app") {
+      const sha = $("#grant-sha256").value.trim().toLowerCase();
+      if (sha) body.sha256 = sha;
+    } else {
+      body.minutes = Number($("#grant-minutes").value);
+    }
+    const answer = await api("POST", `${devicePath()}/offline-response`, body);
+    $("#response-code").textContent = answer.response_code;
+    $("#response-result").hidden = false;
+    $("#response-code").focus?.();
+  });
+
+  $("#codes-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const purpose = $("#codes-purpose").value;
+    const body = { purpose, count: Number($("#codes-count").value) || 1 };
+    const sha = $("#codes-sha256").value.trim().toLowerCase();
+    if (purpose === "app" && sha) body.sha256 = sha;
+    if (purpose === "admin") body.minutes = Number($("#codes-minutes").value);
+    const answer = await api("POST", `${devicePath()}/offline-codes`, body);
+    const list = $("#codes-result");
+    list.replaceChildren(
+      ...answer.codes.map((c) => h("li", {}, c.code, h("span", { class: "muted" }, `  valid until ${new Date(c.expires_at).toLocaleDateString()}`))),
+    );
+    list.hidden = false;
+  });
+
+  $("#policy-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const policy = { max_admin_minutes: Number($("#p-max_admin_minutes").value) };
+    for (const key of POLICY_SWITCHES) policy[key] = $(`#p-${key}`).checked;
+    await api("PUT", `${tenantPath()}/offline-policy`, policy);
+    notify("Offline policy saved; the customer's computers get it when they are next online.", "ok");
+  });
+
+  return {
+    show: () => load(),
+    tenantChanged: () => {
+      $("#response-result").hidden = true;
+      $("#codes-result").hidden = true;
+      devices = [];
+    },
+  };
+}
