@@ -7,15 +7,18 @@ one SQLite transaction, so a crash never applies a decision twice nor skips one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 from epm_domain.sealed import SealedError, open_device_keys
 from epm_events.streams import DEVICE
 from epm_events.subjects import device_filter
+from epm_service.natsauth import device_consumer_name
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -42,6 +45,7 @@ class DeviceChannel:
         self._state = state
         self._identity = identity
         self._filter = device_filter(identity.tenant, identity.device_id)
+        self._consumer = device_consumer_name(identity.tenant, identity.device_id)
 
     async def read(
         self,
@@ -54,14 +58,12 @@ class DeviceChannel:
         deadline = time.monotonic() + timeout
         start = self._state.last_device_seq() + 1
         try:
-            sub = await self._js.subscribe(
-                self._filter,
-                stream=DEVICE.name,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-                ),
-            )
+            try:
+                sub = await self._subscribe(start)
+            except nats.js.errors.BadRequestError:
+                # the consumer of an earlier read lingers (a crash, a lost delete): replace it
+                await self._delete_consumer()
+                sub = await self._subscribe(start)
         except nats.js.errors.NotFoundError:
             raise AgentError(
                 f"the server has no {DEVICE.name} stream, so decisions cannot reach this "
@@ -88,7 +90,27 @@ class DeviceChannel:
                 caught_up = msg.metadata.num_pending == 0
         finally:
             await sub.unsubscribe()
+            await self._delete_consumer()
         return updates
+
+    async def _subscribe(self, start: int) -> Any:
+        """An ordered consumer on this device's subject only. Its name and filter are in the
+        create subject (the device's NATS user may create no other), and it delivers under
+        the device's inbox prefix (the connection's ``inbox_prefix``)."""
+        return await self._js.subscribe(
+            self._filter,
+            stream=DEVICE.name,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                name=self._consumer,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+            ),
+        )
+
+    async def _delete_consumer(self) -> None:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._js.delete_consumer(DEVICE.name, self._consumer)
 
     def _apply(self, msg: Msg) -> DeviceUpdate:
         seq = msg.metadata.sequence.stream

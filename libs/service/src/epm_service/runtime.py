@@ -21,6 +21,7 @@ from epm_events.streams import ALL_STREAMS
 from epm_service.bus import Bus, connect
 from epm_service.health import HealthServer
 from epm_service.jsonlog import setup_logging
+from epm_service.natsauth import service_inbox_prefix
 from epm_service.projection import Projection, Projector
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import CommandHandler, RpcServer
@@ -92,7 +93,8 @@ class RunningService:
 
 
 async def start_service(defn: ServiceDefinition, settings: Settings) -> RunningService:
-    bus = await connect(settings, name=defn.name)
+    # Replies come back under the service's own inbox prefix: its NATS user may read only those.
+    bus = await connect(settings, name=defn.name, inbox_prefix=service_inbox_prefix(defn.name))
     await check_streams(bus.js, defn.streams)
     ctx = ServiceContext(
         name=defn.name,

@@ -29,11 +29,14 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     nats_creds: str | None = None
+    nats_issuer: str | None = None  # epm_service.natsauth.Issuer file: who may sign NATS users
     public_nats_url: str | None = None  # what agents are told to connect to
     data_dir: Path = Path(".epm")
     stream_replicas: int = 1
     request_ttl: float = 4 * 86400
     master_key: str | None = None
+    # Earlier master keys, comma-separated: they still open what they sealed, never seal.
+    master_key_previous: str | None = None
     smtp_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -46,6 +49,11 @@ class Settings(BaseSettings):
     @classmethod
     def _ttl(cls, v: str | float) -> float:
         return parse_duration(v)
+
+    @property
+    def previous_master_keys(self) -> list[str]:
+        """``EPM_MASTER_KEY_PREVIOUS`` as a list (keys are base64 or hex: no commas in them)."""
+        return [k.strip() for k in (self.master_key_previous or "").split(",") if k.strip()]
 
     def db_path(self, name: str) -> Path:
         return self.data_dir / f"{name}.sqlite"

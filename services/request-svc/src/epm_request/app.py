@@ -16,6 +16,8 @@ Where things go (the handler table of this service):
   refused input -> SecurityAlertRaised or EPM_DLQ.
 - expiry (epm_request.expiry.ExpiryScheduler): open requests past
   ``EPM_REQUEST_TTL`` -> RequestExpired.
+- NATS revocations (epm_request.nats_credentials.DeviceCredentials): revoked
+  devices' NATS users -> the account JWT on the resolver (``EPM_NATS_ISSUER``).
 - commands ``epm.rpc.request-svc.*`` (epm_request.commands.RequestCommands):
   create_enrollment_token, enroll, list_devices, revoke_device, list_requests,
   get_request.
@@ -29,6 +31,7 @@ from epm_service.runtime import ServiceContext, ServiceDefinition, main
 from epm_request.commands import RequestCommands
 from epm_request.expiry import ExpiryScheduler
 from epm_request.intake import AgentIntake
+from epm_request.nats_credentials import DeviceCredentials
 from epm_request.store import RequestStore
 
 NAME = "request-svc"
@@ -38,6 +41,7 @@ async def start_workers(ctx: ServiceContext) -> None:
     await ctx.start_worker(OutboxRelay(ctx.bus.js, ctx.projector(RequestStore.name)))
     await ctx.start_worker(AgentIntake(ctx))
     await ctx.start_worker(ExpiryScheduler(ctx))
+    await ctx.start_worker(DeviceCredentials(ctx.settings, ctx.projector(RequestStore.name)))
 
 
 DEFINITION = ServiceDefinition(

@@ -25,6 +25,7 @@ from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
 
 from epm_request import enrollment, store
+from epm_request.nats_credentials import DeviceCredentials
 from epm_request.store import RequestStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class RequestCommands:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.store = ctx.projector(RequestStore.name)
+        self.credentials = DeviceCredentials(ctx.settings, self.store)
+        ctx.workers.append(self.credentials)  # stopped with the service (its NATS connection)
 
     def table(self) -> dict[str, Any]:
         return {
@@ -142,16 +145,10 @@ class RequestCommands:
             0,
         )
         await self.store.wait_for(appended[-1].seq)
-        settings = self.ctx.settings
         return {
             "device_id": device_id,
             "tenant": token.tenant,
-            "nats": {
-                "url": settings.public_nats_url or settings.nats_url,
-                "user": None,
-                "password": None,
-                "creds": None,
-            },
+            "nats": self.credentials.nats_answer(token.tenant, device_id),
             "inbox_prefix": device_inbox_prefix(token.tenant, device_id),
             "subjects": {
                 "publish": f"epm.agent.{token.tenant}.{device_id}.>",
@@ -196,6 +193,7 @@ class RequestCommands:
         if p.role not in ADMIN_ROLES:
             raise Forbidden("only tenant_admin or msp_admin may revoke devices")
         if device["revoked"]:
+            await self.credentials.revoke_now()  # again: an earlier push may have failed
             return {"device_id": device_id, "revoked": True}
         try:
             appended = await self.ctx.publisher.append(
@@ -213,6 +211,7 @@ class RequestCommands:
             await asyncio.sleep(0.05)
             return await self.revoke_device(args, p)
         await self.store.wait_for(appended[-1].seq)
+        await self.credentials.revoke_now()  # its NATS user goes with it, at once
         return {"device_id": device_id, "revoked": True}
 
     # --- requests ----------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Per-device NATS credentials: issued at enrollment, revoked with the device.
+
+A device's NATS user key is derived from the issuer's device secret and the
+device's name (epm_service.natsauth), so its public key is known again at
+revocation without being stored. Revoking means the EPM account JWT listing
+every revoked device user, signed with the operator signing key and pushed
+to the resolver on ``$SYS.REQ.CLAIMS.UPDATE``; nats-server then closes those
+users' connections and refuses new ones.
+
+The worker keeps the resolver in step with the projection: at start, after
+each revocation, and every ``RESYNC_SECONDS`` it reads the account JWT the
+servers hold and pushes a new one if a revoked device is missing from it (a
+lost resolver directory, a push that failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+
+import nats
+import nats.errors
+import orjson
+from epm_service.errors import Unavailable
+from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jwt
+from epm_service.projection import Projector
+from epm_service.settings import Settings
+from nats.aio.client import Client, RawCredentials
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 30.0
+PUSH_TIMEOUT = 5.0
+
+
+def revoked_devices(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return [
+        (str(t), str(d))
+        for t, d in conn.execute("SELECT tenant, id FROM devices WHERE revoked = 1 ORDER BY id")
+    ]
+
+
+class DeviceCredentials:
+    def __init__(self, settings: Settings, store: Projector) -> None:
+        self.settings = settings
+        self.store = store
+        self.issuer = Issuer.load(settings.nats_issuer) if settings.nats_issuer else None
+        self._sys: Client | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def revokes(self) -> bool:
+        return (
+            self.issuer is not None
+            and self.issuer.operator_signing is not None
+            and bool(self.issuer.system_creds)
+        )
+
+    def nats_answer(self, tenant: str, device_id: str) -> dict[str, str | None]:
+        """The enrollment answer's ``nats``: per-device creds when this service issues them."""
+        settings = self.settings
+        return {
+            "url": settings.public_nats_url or settings.nats_url,
+            "user": None,
+            "password": None,
+            "creds": self.issuer.device_creds(tenant, device_id) if self.issuer else None,
+        }
+
+    # --- revocation -------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.revokes:
+            self._task = asyncio.create_task(self._run(), name="nats revocations")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sys is not None and not self._sys.is_closed:
+            await self._sys.close()
+
+    async def revoke_now(self) -> None:
+        """Push the revocations the projection holds; Unavailable if the servers did not
+        take them (the worker keeps trying)."""
+        if not self.revokes:
+            return
+        try:
+            await self._sync()
+        except (nats.errors.Error, OSError, TimeoutError, NatsAuthError) as exc:
+            self._wake.set()
+            raise Unavailable(
+                f"the device is revoked, but NATS did not take the revocation yet ({exc}); "
+                "it is retried in the background, or revoke the device again"
+            ) from None
+
+    async def _run(self) -> None:
+        while True:
+            if self.store.caught_up:
+                try:
+                    await self._sync()
+                except (nats.errors.Error, OSError, TimeoutError, NatsAuthError) as exc:
+                    log.warning("could not push NATS revocations: %s", exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+
+    async def _sync(self) -> None:
+        assert self.issuer is not None
+        async with self._lock:
+            devices = await self.store.read(revoked_devices)
+            wanted = {self.issuer.device_user(t, d).public for t, d in devices}
+            nc = await self._system()
+            held = await self._held_revocations(nc)
+            if wanted <= held:
+                return
+            jwt = self.issuer.account_jwt(sorted(wanted | held))
+            reply = await nc.request(CLAIMS_UPDATE, jwt.encode(), timeout=PUSH_TIMEOUT)
+            answer = orjson.loads(reply.data)
+            if answer.get("error"):
+                raise NatsAuthError(f"the resolver refused the account JWT: {answer['error']}")
+            log.info("NATS revocations pushed", extra={"revoked_users": len(wanted | held)})
+
+    async def _held_revocations(self, nc: Client) -> set[str]:
+        assert self.issuer is not None
+        lookup = f"$SYS.REQ.ACCOUNT.{self.issuer.account}.CLAIMS.LOOKUP"
+        reply = await nc.request(lookup, b"", timeout=PUSH_TIMEOUT)
+        try:
+            claims = decode_jwt(reply.data.decode())
+        except (NatsAuthError, UnicodeDecodeError):
+            return set()
+        return set((claims.get("nats") or {}).get("revocations") or {})
+
+    async def _system(self) -> Client:
+        assert self.issuer is not None and self.issuer.system_creds
+        if self._sys is None or self._sys.is_closed:
+            connecting = nats.connect(
+                servers=[self.settings.nats_url],
+                name="request-svc revocations",
+                user_credentials=RawCredentials(self.issuer.system_creds),
+                connect_timeout=PUSH_TIMEOUT,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+            self._sys = await asyncio.wait_for(connecting, 2 * PUSH_TIMEOUT)
+        return self._sys
