@@ -80,7 +80,17 @@ class SecretBox:
                 "EPM_MASTER_KEY is not set: secrets are stored encrypted under it. "
                 "epm dev creates one in its data dir; elsewhere set it from a Kubernetes Secret"
             )
-        return cls(parse_master_key(master_key), [parse_master_key(k) for k in older])
+        previous = []
+        for k in older:
+            try:
+                previous.append(parse_master_key(k))
+            except SecretBoxError:
+                raise SecretBoxError(
+                    "a key in EPM_MASTER_KEY_PREVIOUS is not a master key: give the earlier"
+                    " EPM_MASTER_KEY values, comma-separated, each 32 random bytes as base64"
+                    " or 64 hex digits"
+                ) from None
+        return cls(parse_master_key(master_key), previous)
 
     @property
     def key_id(self) -> str:

@@ -104,7 +104,9 @@ DEFINITION = ServiceDefinition(
     projections=[
         lambda ctx: TenantDirectory(),
         lambda ctx: ApprovalView(),
-        lambda ctx: OfflineView(TenantKeyring(ctx.settings.master_key)),
+        lambda ctx: OfflineView(
+            TenantKeyring(ctx.settings.master_key, ctx.settings.previous_master_keys)
+        ),
     ],
     commands=commands,
     on_start=on_start,

@@ -9,6 +9,7 @@ A rebuilt projection gets the same ciphertext back from the stream.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from epm_service.errors import Unavailable
 from epm_service.secretbox import SecretBox, SecretBoxError
@@ -23,8 +24,9 @@ def sealing_context(tenant: str, key_version: int) -> str:
 class TenantKeyring:
     """Seals new tenant keys and opens stored ones; opened keys are kept in memory only."""
 
-    def __init__(self, master_key: str | None) -> None:
+    def __init__(self, master_key: str | None, previous: Sequence[str] = ()) -> None:
         self._master_key = master_key
+        self._previous = tuple(previous)  # EPM_MASTER_KEY_PREVIOUS: open old keys, seal none
         self._box: SecretBox | None = None
         self._opened: dict[tuple[str, int, str], bytes] = {}
 
@@ -34,7 +36,7 @@ class TenantKeyring:
     def _secretbox(self) -> SecretBox:
         if self._box is None:
             try:
-                self._box = SecretBox.from_master_key(self._master_key)
+                self._box = SecretBox.from_master_key(self._master_key, self._previous)
             except SecretBoxError as exc:
                 raise Unavailable(f"offline codes need the deployment key: {exc}") from None
         return self._box

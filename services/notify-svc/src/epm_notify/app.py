@@ -42,7 +42,7 @@ NAME = "notify-svc"
 
 
 def secret_box(ctx: ServiceContext) -> SecretBox:
-    return SecretBox.from_master_key(ctx.settings.master_key)
+    return SecretBox.from_master_key(ctx.settings.master_key, ctx.settings.previous_master_keys)
 
 
 class HttpClient:
