@@ -37,8 +37,6 @@ class Settings(BaseSettings):
     master_key: str | None = None
     # Earlier master keys, comma-separated: they still open what they sealed, never seal.
     master_key_previous: str | None = None
-    # Earlier master keys, comma-separated: they still open what they sealed, never seal.
-    master_key_previous: str | None = None
     smtp_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -51,11 +49,6 @@ class Settings(BaseSettings):
     @classmethod
     def _ttl(cls, v: str | float) -> float:
         return parse_duration(v)
-
-    @property
-    def previous_master_keys(self) -> list[str]:
-        """``EPM_MASTER_KEY_PREVIOUS`` as a list (keys are base64 or hex: no commas in them)."""
-        return [k.strip() for k in (self.master_key_previous or "").split(",") if k.strip()]
 
     @property
     def previous_master_keys(self) -> list[str]:
