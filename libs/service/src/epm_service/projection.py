@@ -108,6 +108,9 @@ class Projection:
     max_batch: int = 5000
     """Most events per transaction, unless the Projector is given its own; a hot path
     whose commits are costly (the audit trail's random-key index) asks for more."""
+    watched: frozenset[str] = frozenset()
+    """Event names whose last committed sequence the Projector keeps in ``last_seq_of``,
+    so in-memory caches over the projection know cheaply when to reload."""
 
     def handlers(self) -> Mapping[type[Event], Handler]:
         return {}
@@ -179,6 +182,8 @@ class Projector:
         self.stream = stream
         self.max_batch = max_batch or projection.max_batch
         self.max_buffer = max_buffer
+        self.last_seq_of: dict[str, int] = {}
+        self._loop_conn: sqlite3.Connection | None = None
         self.position = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{projection.name}-writer")
         self._reader = ThreadPoolExecutor(2, thread_name_prefix=f"{projection.name}-reader")
@@ -258,6 +263,9 @@ class Projector:
         self._reader.shutdown(wait=True)
         for conn in self._rconns.values():
             conn.close()
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
     async def wait_caught_up(self, timeout: float | None = None) -> None:
         """Until everything that was in the stream at start is applied."""
@@ -284,6 +292,18 @@ class Projector:
         """Run a query on a read connection off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._read, fn)
+
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a SMALL indexed query right here on the event loop.
+
+        For hot paths (an online request's device or grant lookup) where the hop
+        to a reader thread costs more than the query; anything that may scan
+        belongs in ``read``. WAL readers never wait for the writer.
+        """
+        if self._loop_conn is None:
+            self._loop_conn = sqlite3.connect(self.path, check_same_thread=False)
+            self._loop_conn.execute("PRAGMA busy_timeout=5000")
+        return fn(self._loop_conn)
 
     # --- event loop side --------------------------------------------------
 
@@ -344,6 +364,12 @@ class Projector:
                         "could not publish a dead letter; it stays in the _rejected table",
                         extra={"projection": self.projection.name, "seq": r.msg.seq},
                     )
+            if self.projection.watched:
+                watched = self.projection.watched
+                for m in batch:
+                    name = m.subject.rpartition(".")[2]
+                    if name in watched:
+                        self.last_seq_of[name] = m.seq
             self.position = batch[-1].seq
             PROJECTION_POSITION.labels(self.projection.name).set(self.position)
             EVENTS_APPLIED.labels(self.projection.name).inc(len(batch) - len(rejected))

@@ -63,15 +63,16 @@ class Decisions:
         app = model(AppInfo, args.get("app"), "app")
         expected = integer(args, "expected_seq", low=1)
         # Every rule and grant recorded before the request has a smaller sequence: once the
-        # projection has applied the request itself, the answer accounts for all of them.
-        if not await self.a.view.wait_for(expected, timeout=AUTO_DECIDE_WAIT_SECONDS):
+        # projection has applied everything up to the request, the answer accounts for all
+        # of them (waiting for the request itself would add a projection round trip).
+        if not await self.a.view.wait_for(expected - 1, timeout=AUTO_DECIDE_WAIT_SECONDS):
             log.warning(
                 "projection behind; request left open for a technician",
                 extra={"tenant": tenant, "request_id": request_id, "expected_seq": expected},
             )
             return {"status": "open"}
         ids = {"tenant": tenant, "request_id": request_id}
-        for grant in await self.a.view.read(lambda c: unused_grants(c, tenant, user, app.sha256)):
+        for grant in self.a.view.read_now(lambda c: unused_grants(c, tenant, user, app.sha256)):
             consumed = GrantConsumed(
                 grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
             )

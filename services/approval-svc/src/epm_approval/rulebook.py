@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from epm_events.catalog import AppInfo
+from epm_events.catalog import AppInfo, RuleCreated, RuleDisabled
 from epm_service.projection import Projector
 
 from epm_approval.rules import EmptyRule, RuleIndex, Verdict
 from epm_approval.view import rules_changed_after
 
 log = logging.getLogger(__name__)
+
+RULE_EVENTS = (RuleCreated.NAME, RuleDisabled.NAME)
 
 
 class RuleBook:
@@ -37,6 +39,12 @@ class RuleBook:
     async def sync(self) -> None:
         """Bring the index up to what the projection has committed (cheap when nothing moved)."""
         if self.projector.position <= self._synced_position:
+            return
+        last_change = max(self.projector.last_seq_of.get(n, 0) for n in RULE_EVENTS)
+        if last_change <= self._applied_seq and self._synced_position >= 0:
+            # No rule event committed since the last sync: skip the read (the hot path
+            # of every online request runs through here).
+            self._synced_position = self.projector.position
             return
         async with self._lock:
             position = self.projector.position  # read before the query: the rows include it

@@ -37,6 +37,7 @@ _REQUEST = TypeAdapter(Request)
 
 class ApprovalView(Projection):
     name = "approval"
+    watched = frozenset({RuleCreated.NAME, RuleDisabled.NAME})  # RuleBook reloads on these
     schema = """
     CREATE TABLE IF NOT EXISTS requests (
         id TEXT PRIMARY KEY, tenant TEXT NOT NULL, state TEXT NOT NULL, last_seq INTEGER NOT NULL

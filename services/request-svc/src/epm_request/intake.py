@@ -91,11 +91,23 @@ class AgentIntake:
         self.store = ctx.projector(store.RequestStore.name)
         self._sub: Any = None
         self._chains: dict[str, asyncio.Future[None]] = {}
+        self._keys: dict[str, Ed25519PublicKey] = {}
         self.replay = OfflineReplay(ctx, self.store)
         self.handlers: dict[str, Callable[[Verified], Awaitable[None]]] = {
             ElevationRequested.NAME: self.on_elevation_requested,
             OfflineLogBatch.NAME: self.on_offline_log_batch,
         }
+
+    def _public_key(self, encoded: str) -> Ed25519PublicKey:
+        """Parsed keys are kept: parsing costs more than verifying on the hot path."""
+        key = self._keys.get(encoded)
+        if key is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            key = self._keys[encoded] = Ed25519PublicKey.from_public_bytes(
+                base64.b64decode(encoded)
+            )
+        return key
 
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
@@ -184,7 +196,7 @@ class AgentIntake:
         msg_id = hdrs.get("Nats-Msg-Id")
         if not msg_id:
             raise Malformed("missing_msg_id", "agent messages need a Nats-Msg-Id header")
-        device = await self.store.read(lambda c: store.get_device(c, subject.device))
+        device = self.store.read_now(lambda c: store.get_device(c, subject.device))
         if device is None:
             raise Refused(
                 "unknown_device",
@@ -215,7 +227,7 @@ class AgentIntake:
                 subject.device,
             )
         try:
-            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(device["public_key"]))
+            key = self._public_key(device["public_key"])
             key.verify(base64.b64decode(signature), signing_bytes(msg.subject, msg_id, msg.data))
         except (InvalidSignature, ValueError):
             raise Refused(

@@ -1,0 +1,272 @@
+"""Online request answered by a rule: agent publish -> request-svc -> approval-svc -> answer.
+
+request-svc and approval-svc run as real child processes (``epm serve``) on
+the bench's nats-server; this process plays N enrolled devices that send
+signed ElevationRequested messages at a fixed rate, each matched by a tenant
+rule, and times publish -> RequestAnswer on the device's reply subject.
+The ceiling is the raw core-NATS request/reply round trip of the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, signing_bytes
+from epm_events.catalog import TenantCreated
+from epm_events.envelope import agent_source
+from epm_events.subjects import agent_subject, device_inbox_prefix
+from epm_service.bus import Bus
+from epm_service.errors import CommandError
+from epm_service.principal import SYSTEM
+from epm_service.publisher import ConcurrencyConflict, EventPublisher
+from epm_service.rpc import call
+from nats.aio.msg import Msg
+
+from bench.results import Row
+
+P50 = "online.request.p50"
+P99 = "online.request.p99"
+TENANT = "bench"
+SHA = "ab" * 32
+DEVICES = 20
+
+
+class Device:
+    def __init__(self, device_id: str, key: Ed25519PrivateKey) -> None:
+        self.id = device_id
+        self.key = key
+        self.subject = agent_subject(TENANT, device_id, "ElevationRequested")
+        self.inbox = device_inbox_prefix(TENANT, device_id)
+
+    def message(self, reply: str) -> tuple[bytes, dict[str, str]]:
+        msg_id = str(uuid.uuid4())
+        body = orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": msg_id,
+                "source": agent_source(TENANT, self.id),
+                "type": "epm.ElevationRequested.v1",
+                "subject": self.id,
+                "time": "2026-11-23T12:00:00Z",
+                "tenant": TENANT,
+                "data": {
+                    "user": "bench",
+                    "reason": "bench",
+                    "app": {
+                        "file_name": "tool.exe",
+                        "sha256": SHA,
+                        "publisher": "Bench",
+                        "app_name": "Tool",
+                    },
+                },
+            }
+        )
+        sig = base64.b64encode(self.key.sign(signing_bytes(self.subject, msg_id, body))).decode()
+        return body, {"Nats-Msg-Id": msg_id, SIGNATURE_HEADER: sig, REPLY_HEADER: reply}
+
+
+def start_services(nats_url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "EPM_NATS_URL": nats_url,
+        "EPM_DATA_DIR": str(workdir),
+        "EPM_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "EPM_HEALTH_PORT": "0",
+        "EPM_LOG_LEVEL": "WARNING",
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in ("request-svc", "approval-svc"):
+        with open(workdir / f"{name}.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "epm_cli.main", "serve", name],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+    return procs
+
+
+async def until_answers(bus: Bus, service: str, command: str, deadline: float = 60) -> None:
+    """Until ``service`` answers at all (a refusal is an answer; 503 means not up yet)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            await call(bus.nc, service, command, {"tenant": TENANT}, SYSTEM, timeout=2)
+            return
+        except CommandError as exc:
+            if exc.status != 503:
+                return
+            if time.monotonic() > end:
+                raise
+        await asyncio.sleep(0.2)
+
+
+async def online_request(
+    bus: Bus, workdir: Path, count: int, rate: float = 500.0, ceiling_p99_us: float | None = None
+) -> list[Row]:
+    procs = start_services(bus.nc.connected_url.geturl() if bus.nc.connected_url else "", workdir)
+    try:
+        publisher = EventPublisher(bus.js, "/epm/bench")
+        with contextlib.suppress(ConcurrencyConflict):
+            await publisher.append(
+                TENANT, [TenantCreated(tenant_id=TENANT, name="Bench", created_by="bench")], 0
+            )
+        await until_answers(bus, "request-svc", "list_devices")
+        await until_answers(bus, "approval-svc", "list_rules")
+        admin = SYSTEM
+        await call(
+            bus.nc,
+            "approval-svc",
+            "create_rule",
+            {"tenant": TENANT, "name": "bench tool", "effect": "allow", "match": {"sha256": SHA}},
+            admin,
+            timeout=10,
+        )
+        devices = []
+        for _ in range(DEVICES):
+            token = await call(
+                bus.nc,
+                "request-svc",
+                "create_enrollment_token",
+                {"tenant": TENANT},
+                admin,
+                timeout=10,
+            )
+            key = Ed25519PrivateKey.generate()
+            pub = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+            enrolled = await call(
+                bus.nc,
+                "request-svc",
+                "enroll",
+                {
+                    "enrollment_token": token["token"],
+                    "public_key": pub.decode(),
+                    "hostname": "bench",
+                },
+                admin,
+                timeout=10,
+            )
+            devices.append(Device(enrolled["device_id"], key))
+
+        waiting: dict[str, asyncio.Future[bytes]] = {}
+
+        async def on_answer(msg: Msg) -> None:
+            fut = waiting.pop(msg.subject, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.data)
+
+        for d in devices:
+            await bus.nc.subscribe(f"{d.inbox}.>", cb=on_answer)
+        await bus.nc.flush()
+
+        async def one(i: int) -> float:
+            d = devices[i % len(devices)]
+            reply = f"{d.inbox}.{i}"
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            waiting[reply] = fut
+            body, headers = d.message(reply)
+            started = time.perf_counter()
+            await bus.nc.publish(d.subject, body, headers=headers)
+            answer = orjson.loads(await asyncio.wait_for(fut, 30))
+            elapsed = time.perf_counter() - started
+            assert answer["status"] == "approved", answer
+            return elapsed
+
+        for i in range(min(200, count)):  # warm-up: caches, consumers, JIT-less paths
+            await one(-1 - i)
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(count):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        latencies = sorted(await asyncio.gather(*tasks))
+        achieved = count / (time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
+    ceiling = round(ceiling_p99_us / 1000, 3) if ceiling_p99_us else None
+    note = f"at {achieved:,.0f} req/s"
+    return [
+        Row(
+            P50,
+            round(p50, 3),
+            f"ms {note}",
+            ceiling,
+            "ceiling.request.p99" if ceiling else None,
+            round(p50 / ceiling, 2) if ceiling else None,
+            None,
+        ),
+        Row(
+            P99,
+            round(p99, 3),
+            f"ms {note}",
+            ceiling,
+            "ceiling.request.p99" if ceiling else None,
+            round(p99 / ceiling, 2) if ceiling else None,
+            "<10",
+        ),
+    ]
+
+
+async def _standalone(quick: bool) -> list[Row]:
+    import tempfile
+
+    from epm_service.bus import connect
+    from epm_service.natsserver import NatsServer
+    from epm_service.settings import Settings
+    from epm_service.streams import apply_streams
+
+    from bench import ceilings
+
+    with (
+        tempfile.TemporaryDirectory(prefix="epm-bench-online-") as tmp,
+        NatsServer(Path(tmp) / "nats") as server,
+    ):
+        settings = Settings(nats_url=server.url, data_dir=Path(tmp) / "data")
+        bus = await connect(settings, name="bench")
+        responder = await connect(settings, name="bench-responder")
+        try:
+            await apply_streams(bus.js)
+            _, p99 = await ceilings.request_ceiling(bus, responder, 2_000)
+            return [
+                p99,
+                *await online_request(
+                    bus, Path(tmp) / "svc", 1_000 if quick else 5_000, ceiling_p99_us=p99.value
+                ),
+            ]
+        finally:
+            await responder.close()
+            await bus.close()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    from bench.results import table
+
+    print(table(uvloop.run(_standalone("--quick" in sys.argv))))
