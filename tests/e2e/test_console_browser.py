@@ -142,6 +142,13 @@ def test_sign_in_gives_an_httponly_cookie_and_keeps_the_token_out_of_the_page(
     assert token not in page.content()
     assert page.evaluate("() => document.cookie") == ""  # HttpOnly: scripts cannot read it
 
+    # Everything the console loads comes from the gateway; the service worker is at the root.
+    worker = page.request.get(f"{stack.url}/sw.js")
+    assert worker.ok and worker.headers["content-type"].startswith("text/javascript")
+    assert page.request.get(f"{stack.url}/console/../api.py").status == 404
+    policy = page.request.get(stack.url).headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+
     # A reload keeps the session; sign out ends it.
     page.reload()
     expect(page.get_by_role("heading", name="Requests")).to_be_visible()
