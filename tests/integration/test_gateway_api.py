@@ -308,7 +308,7 @@ async def test_contracts_are_served(gw: Gateway) -> None:
     asyncapi = (await gw.client.get("/asyncapi.json")).json()
     assert asyncapi["asyncapi"].startswith("3.")
     assert "TenantCreated" in asyncapi["components"]["messages"]
-    assert "coming soon" in (await gw.client.get("/")).text
+    assert "<title>EPM console</title>" in (await gw.client.get("/")).text
 
 
 async def test_unknown_path_is_a_404_problem(gw: Gateway) -> None:

@@ -56,7 +56,7 @@ export function auditView(ctx) {
       h("td", {}, when(record.received_at || record.time || event.time)),
       h("td", {}, shortType(record.type || event.type)),
       h("td", {}, record.tenant || event.tenant || ""),
-      h("td", { class: "wrap" }, summary(event.data || record.data)),
+      h("td", { class: "wrap" }, record.actor ? `${record.actor.id} · ` : "", summary(event.data || record.data)),
     );
   }
 
