@@ -12,7 +12,7 @@ import typer
 from epm_cli.dev.command import dev
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.services import SERVICES, runner
-from epm_cli.technician import devices, events, notify, requests, rules, tenant, token
+from epm_cli.technician import audit, devices, events, notify, requests, rules, tenant, token
 from epm_cli.technician import offline as offline_tools
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(requests.app, name="request")
 app.add_typer(rules.app, name="rule")
 app.add_typer(notify.app, name="notify")
 app.add_typer(offline_tools.app, name="offline")
+app.add_typer(audit.app, name="audit")
 app.add_typer(streams_app, name="streams")
 app.add_typer(events_app, name="events")
 events_app.command("tail")(events.tail_command)

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS audit_records (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+-- one tenant's records in order (tenant walls, exports, verify): appends land at the end of
+-- each tenant's range, a few hot pages, unlike the event-id index
+CREATE INDEX IF NOT EXISTS audit_records_by_tenant ON audit_records (tenant, seq);
 CREATE TABLE IF NOT EXISTS audit_heads (
     tenant TEXT PRIMARY KEY, records INTEGER NOT NULL, hash TEXT NOT NULL
 ) WITHOUT ROWID;

@@ -297,7 +297,15 @@ def create_app(service: RunningService) -> FastAPI:
         return Response(status_code=204)
 
     # routes forwarded to the owning services
-    from epm_gateway import console, elevation, events_stream, notifications, offline, session
+    from epm_gateway import (
+        audit,
+        console,
+        elevation,
+        events_stream,
+        notifications,
+        offline,
+        session,
+    )
 
     app.include_router(elevation.router)
     app.include_router(offline.router)
@@ -305,5 +313,6 @@ def create_app(service: RunningService) -> FastAPI:
     app.include_router(session.router)
     app.include_router(events_stream.router)
     app.include_router(console.router)
+    app.include_router(audit.router)
     hardening.install(app, public_url=service.ctx.settings.public_url)  # outermost: the guard
     return app
