@@ -227,9 +227,7 @@ async def test_tenant_roles_see_their_tenant_only(stack: Stack, bus: Bus) -> Non
 
 async def test_export_verifies_offline_with_the_published_key(stack: Stack, bus: Bus) -> None:
     await traffic(stack, bus)
-    await eventually(
-        lambda: stack.records(tenant="acme", type="AuditCheckpointSigned"), timeout=20
-    )
+    await eventually(lambda: stack.records(tenant="acme", type="AuditCheckpointSigned"), timeout=20)
     keys = await stack.keys()
     assert list(keys) == ["audit-1"]
 
