@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from epm_events.agent import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, OfflineLogBatch, OfflineLogEntry
+from epm_events.agent import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, OfflineLogBatch
 from epm_events.ids import offline_batch_id
 
 from epm_agent.device_key import DeviceKey
-from epm_agent.elevation import SignedMessage, signed_message
+from epm_agent.elevation import SignedMessage, signed_data
 from epm_agent.offline_log import LogRecord, canonical
 
 ENTRY_OVERHEAD = 200  # hashes, keys and quotes around the record in the batch JSON
@@ -53,23 +53,30 @@ def batch_message(
     records: Sequence[LogRecord],
     time: datetime | None = None,
 ) -> SignedMessage:
+    """The signed upload of these consecutive records. The body is built as plain data
+    (a replay storm builds thousands of these); ``OfflineLogBatch`` is its schema."""
     first, last = records[0], records[-1]
-    batch = OfflineLogBatch(
-        first_seq=first.seq,
-        last_seq=last.seq,
-        chain_head=last.hash,
-        records=[
-            OfflineLogEntry(
-                type=r.type, data=r.record["data"], prev_hash=r.prev_hash, record_hash=r.hash
-            )
+    data = {
+        "first_seq": first.seq,
+        "last_seq": last.seq,
+        "chain_head": last.hash,
+        "records": [
+            {
+                "type": r.type,
+                "data": r.record["data"],
+                "prev_hash": r.prev_hash,
+                "record_hash": r.hash,
+            }
             for r in records
         ],
-    )
-    return signed_message(
+    }
+    return signed_data(
         key,
         tenant=tenant,
         device_id=device_id,
-        message=batch,
+        name=OfflineLogBatch.NAME,
+        version=OfflineLogBatch.VERSION,
+        data=data,
         msg_id=offline_batch_id(device_id, first.seq, last.seq),
         time=time,
     )

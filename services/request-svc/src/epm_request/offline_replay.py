@@ -51,6 +51,8 @@ class Alert:
 @dataclass(slots=True)
 class Verdict:
     accepted: list[OfflineRecord] = field(default_factory=list)
+    uploaded: list[dict[str, Any]] = field(default_factory=list)
+    """The accepted records' data as the device signed it (with record_hash), in order."""
     duplicates: int = 0
     refused: int = 0
     alerts: list[Alert] = field(default_factory=list)
@@ -187,6 +189,7 @@ def decide(
         hashes[seq] = entry.record_hash
         last = max(last, seq)
         out.accepted.append(record)
+        out.uploaded.append({**entry.data, "record_hash": entry.record_hash})
         if isinstance(record, OfflineCodeRedeemed):
             out.alerts.extend(_code_reuse(device_id, record, seen_codes, issued))
     return out

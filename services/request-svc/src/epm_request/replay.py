@@ -28,12 +28,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from epm_events.agent import REPLAY_KIND, OfflineLogBatch, ReplayAck
 from epm_events.catalog import OfflineRecord, SecurityAlertRaised
-from epm_events.codec import encode
-from epm_events.envelope import new_envelope, service_source
+from epm_events.envelope import service_source
 from epm_events.ids import derived_event_id, offline_record_event_id
 from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import aggregate_filter, device_subject, event_subject
@@ -90,7 +90,13 @@ class OfflineReplay:
             for alert in verdict.alerts:
                 await self._raise(tenant, device, batch_id, alert)
             try:
-                await self._append(tenant, device, verdict.accepted, agg_seq, received)
+                await self._append(
+                    tenant,
+                    device,
+                    list(zip(verdict.accepted, verdict.uploaded, strict=True)),
+                    agg_seq,
+                    received,
+                )
                 break
             except ConcurrencyConflict:
                 log.info(
@@ -137,7 +143,7 @@ class OfflineReplay:
         self,
         tenant: str,
         device: str,
-        records: Sequence[OfflineRecord],
+        records: Sequence[tuple[OfflineRecord, dict[str, Any]]],
         agg_seq: int,
         received: datetime,
     ) -> None:
@@ -145,10 +151,10 @@ class OfflineReplay:
             return
         subject_of = {
             name: event_subject(tenant, "device", device, name)
-            for name in {r.NAME for r in records}
+            for name in {r.NAME for r, _ in records}
         }
-        first, rest = records[0], records[1:]
-        payload, msg_id = self._encode(tenant, device, first, received)
+        (first, first_data), rest = records[0], records[1:]
+        payload, msg_id = self._encode(tenant, device, first, first_data, received)
         try:
             ack = await self.js.publish(
                 subject_of[first.NAME],
@@ -168,8 +174,9 @@ class OfflineReplay:
             raise ConcurrencyConflict(f"device {device}", agg_seq)
         last_seq = ack.seq
         futures = []
-        for record in rest:
-            payload, msg_id = self._encode(tenant, device, record, received)
+        received_at = received.isoformat()
+        for record, data in rest:
+            payload, msg_id = self._encode(tenant, device, record, data, received_at)
             futures.append(
                 await self.js.publish_async(
                     subject_of[record.NAME], payload, headers={MSG_ID: msg_id}
@@ -180,13 +187,30 @@ class OfflineReplay:
         self._appended[device] = last_seq
 
     def _encode(
-        self, tenant: str, device: str, record: OfflineRecord, received: datetime
+        self,
+        tenant: str,
+        device: str,
+        record: OfflineRecord,
+        data: dict[str, Any],
+        received: datetime | str,
     ) -> tuple[bytes, str]:
         """The CloudEvent of a record: ``time`` is when the server received the upload (the
-        EPM_AGENT timestamp, the same on every retry), ``data.device_time`` when it happened."""
+        EPM_AGENT timestamp, the same on every retry), ``data.device_time`` when it happened.
+        ``data`` is the record as the device signed it (validated by ``decide``) plus its
+        hash, serialised once with orjson: this runs once per record of a replay storm."""
         msg_id = offline_record_event_id(device, record.device_seq, record.NAME)
-        env = new_envelope(record, tenant=tenant, source=self.source, id=msg_id, time=received)
-        return encode(env), msg_id
+        envelope = {
+            "specversion": "1.0",
+            "id": msg_id,
+            "source": self.source,
+            "type": record.type_name(),
+            "subject": device,
+            "time": received if isinstance(received, str) else received.isoformat(),
+            "datacontenttype": "application/json",
+            "tenant": tenant,
+            "data": data,
+        }
+        return orjson.dumps(envelope), msg_id
 
     async def _raise(self, tenant: str, device: str, batch_id: str, alert: Alert) -> None:
         event_id = derived_event_id(alert.key, "SecurityAlertRaised")
