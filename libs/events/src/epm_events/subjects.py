@@ -134,7 +134,12 @@ class AgentSubject:
 
 
 def parse_agent_subject(subject: str) -> AgentSubject:
+    """Every token validated: a tenant or device id read here may build other subjects."""
     parts = subject.split(".")
     if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != AGENT_PREFIX:
         raise InvalidId(f"not an agent subject: {subject!r}")
-    return AgentSubject(parts[2], parts[3], parts[4])
+    return AgentSubject(
+        validate_tenant(parts[2], allow_global=False),
+        validate_device(parts[3]),
+        validate_event_name(parts[4]),
+    )
