@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from epm_service.bus import Bus, connect
+from epm_service.natsauth import (
+    AuthKeys,
+    admin_permissions,
+    service_permissions,
+    write_private,
+)
 from epm_service.natsserver import NatsServer
 from epm_service.settings import Settings
 from epm_service.streams import apply_streams
@@ -31,6 +38,69 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     """A connection to the session server with the EPM streams, empty, for this test only."""
     b = await connect(settings, name="test")
+    for info in await b.js.streams_info():
+        await b.js.delete_stream(info.config.name)
+    await apply_streams(b.js)
+    yield b
+    with contextlib.suppress(Exception):
+        await b.close()
+
+
+@dataclass
+class AuthNats:
+    """A nats-server in operator mode (epm_service.natsauth): no anonymous clients."""
+
+    server: NatsServer
+    keys: AuthKeys
+    files: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def write_creds(self, name: str, text: str) -> str:
+        path = self.files / f"{name}.creds"
+        write_private(path, text.encode())
+        return str(path)
+
+    def admin_creds(self) -> str:
+        return self.write_creds("admin", self.keys.user_creds("admin", admin_permissions()))
+
+    def service_creds(self, service: str) -> str:
+        return self.write_creds(
+            service, self.keys.user_creds(service, service_permissions(service))
+        )
+
+    def device_creds(self, tenant: str, device: str) -> str:
+        return self.write_creds(
+            f"{tenant}-{device}", self.keys.issuer().device_creds(tenant, device)
+        )
+
+    def issuer_file(self) -> str:
+        path = self.files / "issuer.json"
+        write_private(path, self.keys.issuer().dump())
+        return str(path)
+
+
+@pytest.fixture(scope="session")
+def nats_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthNats]:
+    """A second real nats-server, with JWT auth on (operator, system and EPM accounts, the full
+    resolver), for the tests of who may do what; the open ``nats_server`` serves the rest."""
+    root = tmp_path_factory.mktemp("nats-auth")
+    keys = AuthKeys.load_or_create(root / "keys.json")
+    config = root / "auth.conf"
+    config.write_text(keys.server_config(root / "jwt"))
+    server = NatsServer(root / "store", log_file=root / "nats.log", extra=["-c", str(config)])
+    server.start()
+    yield AuthNats(server, keys, root)
+    server.stop()
+
+
+@pytest.fixture
+async def auth_bus(nats_auth_server: AuthNats) -> AsyncIterator[Bus]:
+    """An admin connection to the auth server with the EPM streams, empty, for this test."""
+    settings = Settings(nats_url=nats_auth_server.url, nats_creds=nats_auth_server.admin_creds())
+    b = await connect(settings, name="test-admin")
     for info in await b.js.streams_info():
         await b.js.delete_stream(info.config.name)
     await apply_streams(b.js)

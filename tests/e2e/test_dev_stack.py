@@ -130,7 +130,7 @@ def test_tokens_are_issued_and_revoked_with_the_cli(stack: Stack) -> None:
 
 async def test_every_event_is_a_cloudevent_whose_msg_id_is_its_id(stack: Stack) -> None:
     stack.cli("tenant", "create", "globex", "--name", "Globex")
-    nc = await nats.connect(stack.nats)
+    nc = await nats.connect(stack.nats, user_credentials=stack.endpoints["nats_admin_creds"])
     try:
         js = nc.jetstream()
         state = (await js.stream_info(EVENTS.name)).state

@@ -44,6 +44,7 @@ class Stack:
         self.dev = dev
         self.url = endpoints["http"]
         self.nats = endpoints["nats"]
+        self.nats_creds = endpoints["nats_admin_creds"]  # epm dev's NATS needs a user
         self.tmp = tmp
 
     def epm(self, *args: str) -> tuple[int, dict[str, Any]]:
@@ -66,7 +67,7 @@ class Stack:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         async def read() -> list[dict[str, Any]]:
-            nc = await nats.connect(self.nats)
+            nc = await nats.connect(self.nats, user_credentials=self.nats_creds)
             try:
                 js = nc.jetstream()
                 info = await js.stream_info("EPM_EVENTS")
@@ -203,16 +204,15 @@ def test_requests_rules_and_decisions_end_to_end(stack: Stack) -> None:
     assert alerts
     assert len(stack.events("RequestCreated")) == before
 
-    # A revoked device is refused.
+    # A revoked device is refused: its NATS user is revoked with it, so the server no longer
+    # lets it in and nothing it sends arrives (request-svc's revoked_device check stays behind).
     device_a2 = agent(a2, "status")[1]["device_id"]
     stack.ok("device", "revoke", device_a2, "--tenant", "acme")
-    request(a2, exe(stack.tmp, "late.exe"))
-    wait_for(
-        "a revoked-device alert",
-        lambda: [
-            a for a in stack.events("SecurityAlertRaised") if a["data"]["kind"] == "revoked_device"
-        ],
+    code, out = agent(
+        a2, "request", "--exe", str(exe(stack.tmp, "late.exe")), "--user", "bob", "--reason", "x"
     )
+    assert code != 0 and "cannot be reached" in out["error"]
+    assert agent(a2, "status")[1]["online"] is False
     assert len(stack.events("RequestCreated")) == before
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from epm_cli import nats_auth
 from epm_cli.dev.command import dev
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.services import SERVICES, runner
@@ -33,6 +34,7 @@ app.add_typer(notify.app, name="notify")
 app.add_typer(offline_tools.app, name="offline")
 app.add_typer(audit.app, name="audit")
 app.add_typer(streams_app, name="streams")
+app.add_typer(nats_auth.app, name="nats-auth")
 app.add_typer(events_app, name="events")
 events_app.command("tail")(events.tail_command)
 

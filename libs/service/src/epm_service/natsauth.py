@@ -231,7 +231,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         publishes=(ALL_DEVICE,),
         subscribes=(f"{DEVICE_RPC_PREFIX}.*.*.*",),
     ),
-    "audit-svc": ServiceGrant(aggregates=("audit",)),
+    "audit-svc": ServiceGrant(aggregates=("audit", "auditkey")),
     "notify-svc": ServiceGrant(aggregates=("channel", "notification")),
 }
 
@@ -242,7 +242,7 @@ def service_permissions(service: str) -> Permissions:
         raise NatsAuthError(f"no NATS grant for service {service!r}: add it to SERVICE_GRANTS")
     publish = [
         *(f"{EVENTS_SUBJECTS[:-2]}.*.{aggregate}.>" for aggregate in grant.aggregates),
-        *(rpc_service_filter(callee) for callee in grant.calls),
+        *(rpc_service_filter(callee) for callee in (service, *grant.calls)),
         dlq_subject(service),
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",
@@ -260,10 +260,7 @@ def service_permissions(service: str) -> Permissions:
 
 def admin_permissions() -> Permissions:
     """``epm streams apply`` and operators' tools: the whole JetStream API."""
-    return Permissions(
-        publish=("$JS.API.>",),
-        subscribe=(f"{service_inbox_prefix('admin')}.>",),
-    )
+    return Permissions(publish=("$JS.API.>",), subscribe=("_INBOX.>",))
 
 
 def device_consumer_name(tenant: str, device: str) -> str:

@@ -27,6 +27,11 @@ class DataDir:
         return self.root / "nats"
 
     @property
+    def nats_auth(self) -> Path:
+        """NATS operator/account keys (created once), creds and resolver.conf (0600 each)."""
+        return self.root / "nats-auth"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

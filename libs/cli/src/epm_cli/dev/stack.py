@@ -24,6 +24,7 @@ from epm_service.streams import apply_streams
 
 from epm_cli.dev.children import Child, ChildSpec, Report
 from epm_cli.dev.datadir import DataDir, write_json_atomically
+from epm_cli.nats_auth import ADMIN, AuthFiles, write_auth_files
 from epm_cli.services import SERVICES
 
 GATEWAY = "gateway"
@@ -85,11 +86,14 @@ class DevStack:
         self.report = report
         self.children: dict[str, Child] = {}
         self.ready = False
+        self.auth_files = AuthFiles(config.data.nats_auth)
 
     # -- what each child is --------------------------------------------------
 
-    def _service_env(self, health_port: int) -> dict[str, str]:
+    def _service_env(self, name: str, health_port: int) -> dict[str, str]:
         c = self.config
+        auth = self.auth_files
+        issuer = auth.issuer(name)
         return {
             **os.environ,
             **c.extra_env,
@@ -101,6 +105,8 @@ class DevStack:
             "EPM_PUBLIC_URL": c.http_url,
             "EPM_MASTER_KEY": c.data.master_key(),
             "EPM_BOOTSTRAP_TOKEN_FILE": str(c.data.admin_token_file),
+            "EPM_NATS_CREDS": str(auth.creds(name)),
+            "EPM_NATS_ISSUER": str(issuer) if issuer else "",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -108,7 +114,10 @@ class DevStack:
         c = self.config
         return ChildSpec(
             name=NATS,
-            argv=nats_command(c.nats_port, c.data.nats_store),
+            # operator mode: every client needs a user JWT (epm_cli.nats_auth)
+            argv=nats_command(
+                c.nats_port, c.data.nats_store, extra=["-c", str(self.auth_files.resolver_conf)]
+            ),
             log_file=c.data.log_file("nats"),
             ready=nats_ready(c.nats_port),
             death_signal=signal.SIGTERM,  # lets it close its JetStream store cleanly
@@ -125,7 +134,7 @@ class DevStack:
             name=name,
             argv=[sys.executable, "-m", "epm_cli.main", "serve", name],
             log_file=self.config.data.log_file(name),
-            env=self._service_env(health_port),
+            env=self._service_env(name, health_port),
             ready=http_ready(ready_url),
         )
 
@@ -156,6 +165,7 @@ class DevStack:
         c = self.config
         c.data.prepare()
         deadline = time.monotonic() + c.startup_timeout
+        self.auth_files = write_auth_files(c.data.nats_auth, str(c.data.nats_store / "jwt"))
         nats = await self._launch(self.nats_spec())
         await self._wait_ready([nats], deadline)
         self.report("info", f"nats-server ready on {c.nats_url} (JetStream in {c.data.nats_store})")
@@ -169,7 +179,9 @@ class DevStack:
         self.write_endpoints()
 
     async def _apply_streams(self) -> None:
-        settings = Settings(nats_url=self.config.nats_url)
+        settings = Settings(
+            nats_url=self.config.nats_url, nats_creds=str(self.auth_files.creds(ADMIN))
+        )
         bus = await connect(settings, name="epm-dev", max_reconnect_attempts=3)
         try:
             done = await apply_streams(bus.js, settings.stream_replicas)
@@ -189,6 +201,7 @@ class DevStack:
         return {
             "http": self.config.http_url,
             "nats": self.config.nats_url,
+            "nats_admin_creds": str(self.auth_files.creds(ADMIN)),
             "pid": os.getpid(),
             "processes": {name: child.pid for name, child in self.children.items()},
         }
