@@ -78,7 +78,10 @@ class Device:
         return body, {"Nats-Msg-Id": msg_id, SIGNATURE_HEADER: sig, REPLY_HEADER: reply}
 
 
-def start_services(nats_url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
+def start_services(
+    nats_url: str, workdir: Path, names: tuple[str, ...] = ("request-svc", "approval-svc")
+) -> list[subprocess.Popen[bytes]]:
+    """EPM services as real child processes (each its own interpreter, as deployed)."""
     env = {
         **os.environ,
         "EPM_NATS_URL": nats_url,
@@ -89,7 +92,7 @@ def start_services(nats_url: str, workdir: Path) -> list[subprocess.Popen[bytes]
     }
     workdir.mkdir(parents=True, exist_ok=True)
     procs = []
-    for name in ("request-svc", "approval-svc"):
+    for name in names:
         with open(workdir / f"{name}.log", "ab") as log:
             procs.append(
                 subprocess.Popen(
@@ -100,6 +103,16 @@ def start_services(nats_url: str, workdir: Path) -> list[subprocess.Popen[bytes]
                 )
             )
     return procs
+
+
+def stop_services(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 async def until_answers(bus: Bus, service: str, command: str, deadline: float = 60) -> None:
@@ -200,13 +213,7 @@ async def online_request(
         latencies = sorted(await asyncio.gather(*tasks))
         achieved = count / (time.perf_counter() - t0)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_services(procs)
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
     ceiling = round(ceiling_p99_us / 1000, 3) if ceiling_p99_us else None

@@ -1,7 +1,7 @@
 """Replay storm: N devices reconnect at once and upload their offline logs.
 
 ``python -m bench.replay [--quick]`` runs it alone; ``replay_rows`` is what a bench
-harness calls. Set-up (not measured): a nats-server, request-svc in this process, N devices
+harness calls. Set-up (not measured): a nats-server, request-svc as a child process, N devices
 enrolled through request-svc's own command, each with its offline log written by the agent
 SDK (``append_record``, the agent's own log writer). Measured: from the first upload
 publish (every device's ``Agent.upload``, own NATS connection, all at once) until
@@ -31,13 +31,11 @@ from epm_agent.offline_state import append_record
 from epm_agent.state import Identity, StateDir
 from epm_events.catalog import TenantCreated
 from epm_events.streams import EVENTS
-from epm_request.app import DEFINITION
 from epm_service.bus import Bus, connect
 from epm_service.natsserver import NatsServer
 from epm_service.principal import Principal
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import call
-from epm_service.runtime import start_service
 from epm_service.settings import Settings
 from epm_service.streams import apply_streams
 from nats.aio.msg import Msg
@@ -45,6 +43,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bench import ceilings
+from bench.online_request import start_services, stop_services, until_answers
 from bench.results import Row, compared, table
 from bench.workload import workload
 
@@ -92,9 +91,12 @@ async def storm(
     settings = settings.model_copy(update={"data_dir": workdir / "data"})
     pub = EventPublisher(bus.js, "/epm/bench")
     await pub.append(TENANT, [TenantCreated(tenant_id=TENANT, name="Storm", created_by="b")], 0)
-    service = await start_service(DEFINITION, settings)
+    # request-svc in its own process, as deployed: the simulated fleet in this one must
+    # not share an interpreter (and a GIL) with the service it measures.
+    service = start_services(settings.nats_url, workdir / "svc", ("request-svc",))
     agents: list[Agent] = []
     try:
+        await until_answers(bus, "request-svc", "list_devices")
         say(f"enrolling {devices} devices and writing {devices * per_device:,} offline records")
         agents = await enroll_fleet(bus, settings, workdir, devices, per_device)
         before = (await bus.js.stream_info(EVENTS.name)).state.last_seq
@@ -109,7 +111,7 @@ async def storm(
     finally:
         for a in agents:
             await a.close()
-        await service.stop()
+        stop_services(service)
 
 
 async def upload(agent: Agent) -> None:
