@@ -60,6 +60,7 @@ SYSTEM_ACCOUNT_NAME = "SYS"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 # Revoked device users stay revoked: every JWT of theirs issued before this is refused.
 REVOKED_FOREVER = 2**53 - 1
+INTEGRATOR_CREDS_SECONDS = 24 * 3600
 
 
 class NatsAuthError(ValueError):
@@ -116,14 +117,23 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_jwt(subject: str, name: str, nats: Mapping[str, Any], signer: NKey) -> str:
+def encode_jwt(
+    subject: str,
+    name: str,
+    nats: Mapping[str, Any],
+    signer: NKey,
+    expires_in: int | None = None,
+) -> str:
+    now = int(time.time())
     claims: dict[str, Any] = {
-        "iat": int(time.time()),
+        "iat": now,
         "iss": signer.public,
         "name": name,
         "sub": subject,
         "nats": {**nats, "version": 2},
     }
+    if expires_in is not None:
+        claims["exp"] = now + expires_in
     # jti as nats-io/jwt computes it: base32 of SHA-512/256 of the claims without it
     digest = hashlib.new("sha512_256", orjson.dumps(claims)).digest()
     claims = {"jti": base64.b32encode(digest).decode().rstrip("="), **claims}
@@ -361,7 +371,12 @@ def account_jwt(
 
 
 def user_jwt(
-    user: str, name: str, account: NKey | str, signer: NKey, permissions: Permissions
+    user: str,
+    name: str,
+    account: NKey | str,
+    signer: NKey,
+    permissions: Permissions,
+    expires_in: int | None = None,
 ) -> str:
     """A user JWT signed by ``signer``: the account itself, or one of its signing keys
     (then ``account`` names the account it belongs to)."""
@@ -375,7 +390,7 @@ def user_jwt(
     }
     if signer.public != account_public:
         nats["issuer_account"] = account_public
-    return encode_jwt(user, name, nats, signer)
+    return encode_jwt(user, name, nats, signer, expires_in)
 
 
 def creds(jwt: str, seed: str) -> str:
@@ -406,9 +421,15 @@ def read_creds(text: str) -> tuple[str, NKey]:
     return blocks[0], NKey.from_seed(blocks[1])
 
 
-def new_user_creds(name: str, account: str, signer: NKey, permissions: Permissions) -> str:
+def new_user_creds(
+    name: str,
+    account: str,
+    signer: NKey,
+    permissions: Permissions,
+    expires_in: int | None = None,
+) -> str:
     user = NKey.new("user")
-    return creds(user_jwt(user.public, name, account, signer, permissions), user.seed)
+    return creds(user_jwt(user.public, name, account, signer, permissions, expires_in), user.seed)
 
 
 # --- who holds what -----------------------------------------------------------------
@@ -475,12 +496,16 @@ class Issuer:
         )
         return creds(jwt, user.seed)
 
-    def integrator_creds(self, token_id: str, tenant: str | None) -> str:
+    def integrator_creds(
+        self, token_id: str, tenant: str | None, expires_in: int = INTEGRATOR_CREDS_SECONDS
+    ) -> str:
+        """Creds that expire (a day): a revoked integrator token gets no new ones."""
         return new_user_creds(
             f"integrator {token_id} ({tenant or 'every tenant'})",
             self.account,
             self.account_signing,
             integrator_permissions(token_id, tenant),
+            expires_in,
         )
 
     def account_jwt(self, revoked_users: Iterable[str] = ()) -> str:

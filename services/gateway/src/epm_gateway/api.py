@@ -302,6 +302,7 @@ def create_app(service: RunningService) -> FastAPI:
         console,
         elevation,
         events_stream,
+        integrations,
         notifications,
         offline,
         session,
@@ -314,5 +315,6 @@ def create_app(service: RunningService) -> FastAPI:
     app.include_router(events_stream.router)
     app.include_router(console.router)
     app.include_router(audit.router)
+    app.include_router(integrations.router)
     hardening.install(app, public_url=service.ctx.settings.public_url)  # outermost: the guard
     return app
