@@ -92,7 +92,10 @@ def _ns(when: datetime | None, name: str) -> int | None:
         return None
     if when.tzinfo is None:
         raise Invalid(f"{name} needs a time zone, e.g. 2025-03-03T08:00:00Z")
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    ns = int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    if not -(2**63) <= ns < 2**63:  # what SQLite (and the stream's timestamps) can hold
+        raise Invalid(f"{name} must be between the years 1678 and 2262")
+    return ns
 
 
 class AuditCommands:

@@ -10,7 +10,6 @@ right after a POST sees the result.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import time
 from typing import Annotated, Any
@@ -167,7 +166,7 @@ def decode_cursor(cursor: str) -> str:
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         text = raw.decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error, or not even ASCII
         text = ""
     if not text.startswith(CURSOR_PREFIX):
         raise Invalid(

@@ -95,7 +95,7 @@ class RequestCommands:
             enrollment.parse_public_key(str(args.get("public_key") or ""))
             if encryption_key is not None:
                 parse_encryption_key(encryption_key)
-        except SealedError as exc:
+        except (SealedError, enrollment.EnrollmentError) as exc:
             raise Invalid(str(exc)) from None
         try:
             found = await self.store.read(
@@ -227,8 +227,14 @@ class RequestCommands:
         status = str(args.get("status") or "open")
         if status not in ("open", "approved", "denied", "expired", "all"):
             raise Invalid("status must be one of open, approved, denied, expired, all")
-        limit = max(1, min(int(args.get("limit") or 100), MAX_PAGE))
-        after = int(args.get("cursor") or 0)
+        try:
+            limit = max(1, min(int(args.get("limit") or 100), MAX_PAGE))
+            after = int(args.get("cursor") or 0)
+        except ValueError:
+            raise Invalid(
+                "cursor is not one this API handed out: use next_cursor from the previous page,"
+                " or leave it out to start from the beginning"
+            ) from None
         rows = await self.store.read(lambda c: store.list_requests(c, tenant, status, after, limit))
         out: dict[str, Any] = {"items": [store.request_view(state) for _, state in rows]}
         if len(rows) == limit:
