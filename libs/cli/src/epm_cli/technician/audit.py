@@ -30,7 +30,7 @@ from epm_cli.technician.options import (
 )
 from epm_cli.technician.problem import problem_message
 
-app = typer.Typer(help="The audit trail: list, export, verify.", no_args_is_help=True)
+app = typer.Typer(help="The audit trail: list, export, verify, keys.", no_args_is_help=True)
 
 TenantOption = Annotated[
     str | None,
@@ -138,6 +138,23 @@ def export(
         )
     if output:
         emit({"file": str(output), "records": records}, as_json, f"{records} records -> {output}")
+
+
+@app.command("keys")
+def keys_command(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The public keys of the checkpoint signatures (GET /v1/audit/keys), for --keys.
+
+    Example: epm audit keys --json > audit-keys.json
+    """
+    with api_session(url, token, data_dir, as_json) as api:
+        found = api.call("GET", "/v1/audit/keys")
+    human = render_table(found.get("items", []), ["key_id", "algorithm", "public_key"], "no keys")
+    emit(found, as_json, human)
 
 
 @app.command("verify")
