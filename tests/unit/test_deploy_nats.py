@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+from epm_cli.nats_auth import write_auth_files
 
 from tests.unit.test_deploy_render import K8S, TARGETS, kubectl, of_kind, one, rendered, tool
 
@@ -21,14 +24,24 @@ def check_config(
     env = {k: v for k, v in os.environ.items() if k != "POD_NAME"}
     if pod_name is not None:
         env["POD_NAME"] = pod_name
-    return subprocess.run(
-        [tool("nats-server"), "-c", str(path), "-t"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    # laid out as in the pod: config/nats.conf includes ../auth/resolver.conf (the Secret
+    # epm-nats-resolver), rendered here with fresh test keys by `epm nats-auth init`'s code
+    root = Path(tempfile.mkdtemp(prefix="nats-conf-"))
+    (root / "config").mkdir()
+    conf = root / "config" / "nats.conf"
+    conf.write_text(path.read_text())
+    write_auth_files(root / "auth", "/data/jwt")
+    try:
+        return subprocess.run(
+            [tool("nats-server"), "-c", str(conf), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def rendered_nats_conf(target: str) -> str:
