@@ -1,8 +1,8 @@
 """NATS decentralized JWT auth: nkeys, JWTs, creds files, and what each role may do.
 
-The trust chain (docs/nats-auth.md): an *operator* signs two accounts, the
-*system* account (``$SYS``: the resolver's claim updates) and the *EPM*
-account (JetStream on). Every client is a *user* of an account: a JWT signed
+The trust chain (README.md, "Security: NATS"; deploy/README.md): an
+*operator* signs two accounts, the *system* account (``$SYS``: the
+resolver's claim updates) and the *EPM* account (JetStream on). Every client is a *user* of an account: a JWT signed
 by that account's signing key, naming what it may publish and subscribe to.
 nats-server checks the chain and enforces the permissions; it needs no
 reload for a new user. Revoking a user means a new account JWT (with the
