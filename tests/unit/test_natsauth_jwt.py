@@ -14,7 +14,6 @@ from epm_service.natsauth import (
     AuthKeys,
     Issuer,
     NatsAuthError,
-    NKey,
     decode_jwt,
     device_permissions,
     integrator_permissions,
