@@ -60,8 +60,11 @@ class DeviceChannel:
         try:
             try:
                 sub = await self._subscribe(start)
-            except nats.js.errors.BadRequestError:
-                # the consumer of an earlier read lingers (a crash, a lost delete): replace it
+            except nats.js.errors.NotFoundError:
+                raise
+            except nats.js.errors.APIError:
+                # the consumer of an earlier read lingers (a crash, a lost delete) and cannot
+                # take the new start: replace it
                 await self._delete_consumer()
                 sub = await self._subscribe(start)
         except nats.js.errors.NotFoundError:
