@@ -148,7 +148,7 @@ async def kill_in_turn(stack: Stack, load: Load) -> None:
 
         async def restarted(name: str = name, pid: int = pid) -> bool:
             new = ((stack.dev.endpoints() or {}).get("processes") or {}).get(name)
-            return bool(new) and new != pid and process_alive(new)
+            return isinstance(new, int) and new != pid and process_alive(new)
 
         await poll(f"epm dev to restart {name}", restarted)
 
@@ -163,7 +163,8 @@ async def stream_events(stack: Stack) -> list[tuple[int, str, str, dict[str, Any
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg("EPM_EVENTS", seq, direct=True)
             body = orjson.loads(msg.data or b"{}")
-            out.append((seq, msg.subject, str(body.get("id")), body.get("data") or {}))
+            data: dict[str, Any] = body.get("data") or {}
+            out.append((seq, msg.subject or "", str(body.get("id")), data))
         return out
     finally:
         await nc.close()

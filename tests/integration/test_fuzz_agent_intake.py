@@ -81,11 +81,12 @@ class Ledger:
         last = (await js.stream_info(EVENTS.name)).state.last_seq
         for seq in range(self._events_seen + 1, last + 1):
             msg = await js.get_msg(EVENTS.name, seq, direct=True)
-            if msg.subject.endswith(".SecurityAlertRaised"):
+            subject = msg.subject or ""
+            if subject.endswith(".SecurityAlertRaised"):
                 evidence = decode(msg.data or b"").data["evidence"]
                 self.alerted_seqs.add(int(evidence["stream_seq"]))
                 self.alerted_ids.add(str(evidence["msg_id"]))
-            elif msg.subject.endswith(".RequestCreated"):
+            elif subject.endswith(".RequestCreated"):
                 self.created[decode(msg.data or b"").data["request_id"]] += 1
         self._events_seen = last
 
@@ -147,7 +148,7 @@ class Intake:
         published = self.signed(self.dev, self.envelope(self.dev, msg_id), reply=True)
         future = self.answers[request_id_for(msg_id)] = asyncio.get_running_loop().create_future()
         await self.bus.js.publish(*published[:2], headers=published[2])
-        answer = await asyncio.wait_for(future, DEADLINE)
+        answer: dict[str, Any] = await asyncio.wait_for(future, DEADLINE)
         self.good.append(published)
         return answer
 
@@ -457,7 +458,7 @@ async def test_after_a_burst_of_bad_messages_the_intake_has_nothing_pending(
 
     async def drained() -> bool:
         info = await intake.bus.js.consumer_info(AGENT.name, DURABLE)
-        return info.num_ack_pending == 0 and info.num_pending == 0
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await eventually(drained, "the intake consumer acknowledged everything")
 
