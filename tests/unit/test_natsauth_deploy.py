@@ -96,3 +96,21 @@ def test_the_secrets_are_the_files_nats_auth_init_writes(tmp_path: Path) -> None
         issuer = files.issuer(service)
         assert issuer is not None and issuer.exists()
     assert files.resolver_conf.exists()
+
+
+def test_nats_auth_init_writes_the_files_once_and_keeps_the_keys(tmp_path: Path) -> None:
+    import orjson
+    from epm_cli.main import app
+    from epm_service.natsauth import AuthKeys
+    from typer.testing import CliRunner
+
+    out = tmp_path / "nats-auth"
+    first = CliRunner().invoke(app, ["nats-auth", "init", "--out", str(out), "--json"])
+    assert first.exit_code == 0, first.output
+    listed = orjson.loads(first.output)["files"]
+    assert "keys.json" in listed and "resolver.conf" in listed and "admin.creds" in listed
+    account = AuthKeys.load(out / "keys.json").account.public
+    again = CliRunner().invoke(app, ["nats-auth", "init", "--out", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert AuthKeys.load(out / "keys.json").account.public == account
+    assert "NKEY SEED" not in first.output + again.output  # secrets go to files only
