@@ -4,7 +4,10 @@ Order of a run: the publish ceiling (pre-built events to a stream like
 EPM_EVENTS), EventPublisher.publish of the same events into EPM_EVENTS (they
 are the audit input), the consume ceiling over them, the audit ingest over
 them (and the Projector with a projection that writes nothing, to show what
-the Projector itself costs), the request ceiling, request created -> webhook received through notify-svc;
+the Projector itself costs), an export of that trail page after page over NATS,
+the stream grown to 1,000,000 events (QUICK: 100,000) and a deleted audit
+projection rebuilt from it beside a consume ceiling over the same events, the
+request ceiling, request created -> webhook received through notify-svc;
 then the pure-CPU rows (rule evaluation, offline codes). Rows with no
 raw-client ceiling carry a target on their value. Throughput rows are the best of a few repeats, the
 ceilings too, so a ratio compares best with best; each is interleaved with its
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 import tempfile
@@ -27,12 +29,22 @@ from epm_events.streams import EVENTS
 from epm_service.bus import Bus, connect
 from epm_service.natsserver import NatsServer
 from epm_service.publisher import EventPublisher
+from epm_service.runtime import tune_gc
 from epm_service.settings import Settings
 from epm_service.streams import apply_streams
 from nats.js.errors import NotFoundError
 
 from bench import ceilings
-from bench.audit_ingest import INGEST, PASSTHROUGH, audit_ingest, passthrough
+from bench.audit_ingest import (
+    EXPORT,
+    INGEST,
+    PASSTHROUGH,
+    REBUILD,
+    audit_ingest,
+    export_rate,
+    grow_stream,
+    passthrough,
+)
 from bench.notify_latency import COUNT as NOTIFY_COUNT
 from bench.notify_latency import QUICK_COUNT, notify_latency
 from bench.offline_codes import offline_codes
@@ -42,10 +54,12 @@ from bench.workload import workload
 
 RESULTS = Path(__file__).parent / "results.json"
 EVENTS_PUBLISH = "events.publish"
+REBUILD_CEILING = "ceiling.consume.rebuild"
 
 
 async def run(quick: bool, workdir: Path) -> list[Row]:
     n = 20_000 if quick else 100_000
+    rebuild_n = 100_000 if quick else 1_000_000
     repeats = 2 if quick else 3
     requests = 2_000 if quick else 10_000
     with NatsServer(workdir / "nats") as server:
@@ -56,9 +70,9 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             say(f"building {n:,} events")
             events = workload(n)
             # The prepared events live through the whole run: keep the collector from
-            # walking them again and again, which would tax whatever is measured next.
-            gc.collect()
-            gc.freeze()
+            # walking them again and again, which would tax whatever is measured next;
+            # and collect as the services do (epm_service.runtime.tune_gc).
+            tune_gc()
             envelopes = [p.envelope for p in events]
             publisher = EventPublisher(bus.js, "/epm/bench")
             raw_publish: list[float] = []
@@ -92,6 +106,18 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             ingest_row = compared(INGEST, max(ingest), "msg/s", consume, ">=0.5")
             bare_row = compared(PASSTHROUGH, max(bare), "msg/s", consume)
 
+            say("audit export, page after page over NATS")
+            export = export_rate(bus, workdir / "audit-0.sqlite", n)
+            export_row = compared(EXPORT, await export, "records/s", consume)
+
+            say(f"growing EPM_EVENTS to {rebuild_n:,} events for the rebuild")
+            await grow_stream(bus, events, rebuild_n)
+            raw_rebuild = (await ceilings.consume_ceiling(bus, rebuild_n)).value
+            rebuilt = await audit_ingest(bus, workdir / "rebuilt.sqlite", rebuild_n)
+            say(f"rebuild of {rebuild_n:,}: ceiling {raw_rebuild:,.0f}, audit {rebuilt:,.0f}")
+            rebuild_ceiling = Row(REBUILD_CEILING, round(raw_rebuild, 1), "msg/s")
+            rebuild_row = compared(REBUILD, rebuilt, "msg/s", rebuild_ceiling, ">=0.5")
+
             request, request_p99 = await ceilings.request_ceiling(bus, responder, requests)
 
             say("request created -> webhook received (notify-svc)")
@@ -114,6 +140,9 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
         request_p99,
         ingest_row,
         bare_row,
+        rebuild_ceiling,
+        rebuild_row,
+        export_row,
         publish_row,
         *notify,
         *rules,

@@ -8,17 +8,30 @@ the last sequence that was in the stream at start.
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+from epm_audit.app import NAME as AUDIT_SERVICE
 from epm_audit.chain import verify_chain
+from epm_audit.commands import AuditCommands
 from epm_audit.trail import AuditTrail, chain_heads, chain_records
+from epm_events.streams import EVENTS
 from epm_service.bus import Bus
+from epm_service.principal import SYSTEM
 from epm_service.projection import Projection, Projector, Rejected, StoredMsg
+from epm_service.publisher import MSG_ID
+from epm_service.rpc import RpcServer, call
+
+from bench.ceilings import PUBLISH_WINDOW
+from bench.workload import Prepared
 
 INGEST = "audit.ingest"
 PASSTHROUGH = "projector.passthrough"
+REBUILD = "audit.rebuild"
+EXPORT = "audit.export"
 
 
 class Passthrough(Projection):
@@ -70,3 +83,51 @@ def check(db: Path, expected: int) -> None:
             raise AssertionError(f"chain of {tenant} does not verify: {verdict}")
     finally:
         conn.close()
+
+
+async def grow_stream(bus: Bus, events: list[Prepared], total: int) -> None:
+    """Append copies of ``events`` to EPM_EVENTS until it holds ``total`` events.
+
+    A copy differs from its original by its event id (``copy<k>-<id>``, in its
+    ``Nats-Msg-Id`` and its body), so every copy is a new event to the trail, and a million
+    events need not all be built in memory.
+    """
+    js = bus.js
+    have = (await js.stream_info(EVENTS.name)).state.last_seq
+    copy = 0
+    while have < total:
+        copy += 1
+        for p in events[: total - have]:
+            new_id = f"copy{copy}-{p.msg_id}"
+            payload = p.payload.replace(p.msg_id.encode(), new_id.encode(), 1)
+            await js.publish_async(p.subject, payload, headers={MSG_ID: new_id})
+            have += 1
+            if have % PUBLISH_WINDOW == 0:
+                await js.publish_async_completed()
+    await js.publish_async_completed()
+
+
+async def export_rate(bus: Bus, db: Path, expected: int) -> float:
+    """records/s of a whole export of ``db`` page after page over NATS, as the gateway asks
+    for it (audit-svc's export_page command, each page decoded as the gateway does)."""
+    trail = Projector(bus.js, AuditTrail(), db, service="bench")  # reads only: never started
+    audit = AuditCommands(trail, trail)
+    server = RpcServer(bus.nc, AUDIT_SERVICE, {"export_page": audit.export_page})
+    await server.start()
+    try:
+        records = 0
+        args: dict[str, Any] = {}
+        started = time.perf_counter()
+        while True:
+            page = await call(bus.nc, AUDIT_SERVICE, "export_page", args, SYSTEM)
+            records += base64.b64decode(page["ndjson_base64"]).count(b"\n")
+            if page["next_after"] is None:
+                break
+            args = {"after": page["next_after"], "through": page["through"]}
+        elapsed = time.perf_counter() - started
+    finally:
+        await server.stop()
+        await trail.stop()
+    if records != expected:
+        raise AssertionError(f"export gave {records} records, expected {expected}")
+    return records / elapsed
