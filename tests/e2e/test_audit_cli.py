@@ -6,32 +6,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.devstack import DevProcess, clean_env, epm_json
-from tests.e2e.test_requests_flow import Stack, exe, request
+from tests.e2e.devstack import clean_env, epm_json
+from tests.e2e.test_requests_flow import Stack, exe, request, stack
 
+__all__ = ["stack"]  # the requests flow's epm dev stack, one for this module
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("audit-e2e")
-    dev = DevProcess(tmp / "data", "--port", "0", "--nats-port", "0")
-    dev.start()
-    try:
-        endpoints = dev.wait_ready()
-        yield Stack(dev, endpoints, tmp)
-    finally:
-        try:
-            dev.stop()
-        finally:
-            dev.kill_everything()
 
 
 def audit_list(stack: Stack, *args: str) -> list[dict[str, Any]]:

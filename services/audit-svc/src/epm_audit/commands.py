@@ -32,6 +32,7 @@ from epm_audit.queries import (
 )
 
 CURSOR_PREFIX = "audit:"
+MAX_SEQ = 2**63 - 1
 
 
 class Args(BaseModel):
@@ -52,8 +53,8 @@ class ListArgs(Args):
 
 class ExportArgs(Args):
     tenant: str | None = None
-    after: int = Field(default=0, ge=0)
-    through: int | None = Field(default=None, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_SEQ)
+    through: int | None = Field(default=None, ge=0, le=MAX_SEQ)
 
 
 class VerifyArgs(Args):
@@ -78,7 +79,9 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if text.startswith(CURSOR_PREFIX):
-            return int(text.removeprefix(CURSOR_PREFIX))
+            seq = int(text.removeprefix(CURSOR_PREFIX))
+            if 0 <= seq <= MAX_SEQ:  # what SQLite can hold
+                return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise Invalid(
