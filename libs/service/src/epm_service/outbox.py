@@ -17,14 +17,18 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 
 from epm_service.projection import Projector
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OUTBOX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS _outbox (
@@ -58,9 +62,19 @@ class OutboxRelay:
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
+        # One thread owns the connection: a query still running when the task is
+        # cancelled must finish before the connection is closed (closing it under a
+        # running query crashes the interpreter).
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+
+    async def _in_db(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        assert conn is not None
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, conn)
 
     async def start(self) -> None:
-        self._conn = _connect(self.projector.path)
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._db, _connect, self.projector.path)
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self.projector.path.name}")
 
     async def stop(self) -> None:
@@ -68,8 +82,11 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         if self._conn is not None:
-            self._conn.close()
+            await self._in_db(lambda conn: conn.close())  # after any query still running
+            self._conn = None
+        self._db.shutdown(wait=True)
 
     async def _run(self) -> None:
         seen = -1
@@ -86,11 +103,11 @@ class OutboxRelay:
     async def _relay_once(self) -> bool:
         import orjson
 
-        assert self._conn is not None
-        rows = await asyncio.to_thread(
-            lambda: self._conn.execute(  # type: ignore[union-attr]
+        batch = self.batch
+        rows = await self._in_db(
+            lambda conn: conn.execute(
                 "SELECT id, subject, payload, msg_id, headers FROM _outbox ORDER BY id LIMIT ?",
-                (self.batch,),
+                (batch,),
             ).fetchall()
         )
         if not rows:
@@ -103,13 +120,12 @@ class OutboxRelay:
         await asyncio.gather(*futures)
         last = rows[-1][0]
 
-        def delete() -> None:
-            assert self._conn is not None
-            self._conn.execute("DELETE FROM _outbox WHERE id <= ?", (last,))
-            self._conn.commit()
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM _outbox WHERE id <= ?", (last,))
+            conn.commit()
 
-        await asyncio.to_thread(delete)
-        return len(rows) == self.batch
+        await self._in_db(delete)
+        return len(rows) == batch
 
 
 def _connect(path: Path) -> sqlite3.Connection:
