@@ -48,6 +48,8 @@ from bench.audit_ingest import (
 from bench.notify_latency import COUNT as NOTIFY_COUNT
 from bench.notify_latency import QUICK_COUNT, notify_latency
 from bench.offline_codes import offline_codes
+from bench.online_request import online_request
+from bench.replay import replay_rows
 from bench.results import Row, compared, table, write
 from bench.rules_eval import rules_eval
 from bench.workload import workload
@@ -126,9 +128,19 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
             notify = await notify_latency(
                 bus, notify_settings, QUICK_COUNT if quick else NOTIFY_COUNT
             )
+            say("online request answered by a rule (request-svc and approval-svc processes)")
+            await fresh_events_stream(bus)
+            online = await online_request(
+                bus,
+                workdir / "online",
+                1_000 if quick else 5_000,
+                ceiling_p99_us=request_p99.value,
+            )
         finally:
             await responder.close()
             await bus.close()
+    say("replay storm: every device reconnects at once and uploads its offline log")
+    replay = await replay_rows(quick, workdir / "replay")
     say("rule evaluation with 100,000 rules")
     rules = rules_eval(requests=5_000 if quick else 20_000)
     say("offline codes")
@@ -145,6 +157,8 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
         export_row,
         publish_row,
         *notify,
+        *online,
+        *replay,
         *rules,
         *codes,
     ]

@@ -41,7 +41,10 @@ def meets(row: Row) -> bool | None:
     """Whether a row reaches its target; None when it has none."""
     if row.target is None:
         return None
-    subject = row.ratio if row.ceiling is not None else row.value
+    # API.md: ">=0.5" judges the ratio to the ceiling, "<10" the value in the row's unit
+    # (a latency row may show its ceiling for reference and still be judged on its value).
+    upper_bound = row.target.startswith("<")
+    subject = row.ratio if row.ceiling is not None and not upper_bound else row.value
     if subject is None:
         return False
     for op in (">=", "<=", ">", "<"):
