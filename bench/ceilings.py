@@ -18,6 +18,8 @@ from epm_service.bus import Bus
 from epm_service.publisher import MSG_ID
 from epm_service.streams import apply_streams
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bench.results import Row
@@ -89,6 +91,17 @@ async def request_ceiling(bus: Bus, responder: Bus, count: int) -> tuple[Row, Ro
 
     sub = await responder.nc.subscribe("bench.echo", cb=echo)
     await responder.nc.flush()
+    # A connection that just sat through a long, CPU-bound row may be reconnecting: wait
+    # (with a deadline) until the echo answers before the clock starts.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await bus.nc.request("bench.echo", payload, timeout=2)
+            break
+        except (NoRespondersError, NatsTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
     for _ in range(200):  # warm up the connection and the reply inbox
         await bus.nc.request("bench.echo", payload, timeout=2)
     latencies: list[float] = []
