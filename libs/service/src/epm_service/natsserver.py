@@ -6,12 +6,34 @@ Used by ``epm dev`` and by the test fixtures: a given or free port on
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A Popen ``preexec_fn``: the child gets ``sig`` when its parent dies (Linux), so a
+    crashed test run or a SIGKILLed ``epm dev`` leaves nothing behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 class NatsServerError(RuntimeError):
@@ -113,6 +135,7 @@ class NatsServer:
             nats_command(self.port, self.store_dir, self.host, self.extra),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         try:
             wait_for_port(self.port, self.host, proc=self.proc)

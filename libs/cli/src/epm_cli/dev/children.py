@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+from epm_service.natsserver import die_with_parent
+
 FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long starts its backoff over
@@ -29,20 +28,6 @@ READY_AGAIN_TIMEOUT = 60.0
 def restart_delay(attempt: int) -> float:
     """0.5 s, 1 s, 2 s, ... capped at 30 s, for the 1st, 2nd, 3rd ... restart in a row."""
     return float(min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2 ** max(0, attempt - 1)))
-
-
-def _die_with_parent_hook(sig: signal.Signals) -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def hook() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, sig)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
 
 
 @dataclass
@@ -99,7 +84,7 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.spec.env or None,
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(self.spec.death_signal),
+                preexec_fn=die_with_parent(self.spec.death_signal),
             )
         finally:
             os.close(log)
