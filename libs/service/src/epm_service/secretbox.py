@@ -33,6 +33,14 @@ class SecretBoxError(ValueError):
     """A key or a sealed secret that cannot be used; the message says what to do."""
 
 
+def secret_hash(secret: str) -> str:
+    """How bearer and enrollment tokens are kept at rest and in events: SHA-256 hex.
+
+    Tokens are 256-bit random, so a fast unsalted hash is enough to make a leaked
+    table useless, and it lets a replica look a token up by its hash."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def parse_master_key(value: str) -> bytes:
     """``EPM_MASTER_KEY``: 32 random bytes as base64 (what ``epm dev`` writes) or 64 hex digits."""
     text = value.strip()

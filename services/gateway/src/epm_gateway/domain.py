@@ -7,7 +7,6 @@ role may not take on something it can see is *forbidden* (HTTP 403).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from enum import Enum
@@ -15,6 +14,7 @@ from typing import Literal, get_args
 
 from epm_events.ids import GLOBAL_TENANT, InvalidId, validate_tenant
 from epm_service.principal import MSP_ROLES, Principal, Role
+from epm_service.secretbox import secret_hash
 
 # --- the role table of API.md ----------------------------------------------
 
@@ -162,8 +162,7 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+hash_token = secret_hash
 
 
 def looks_like_token(value: str) -> bool:

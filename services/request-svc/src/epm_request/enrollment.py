@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 from epm_events.ids import new_id
+from epm_service.secretbox import secret_hash
 
 TOKEN_PREFIX = "enr_"
 DEFAULT_TTL_SECONDS = 7 * 86400
@@ -25,9 +25,7 @@ def new_enrollment_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def hash_secret(secret: str) -> str:
-    """Tokens are stored and sent in events only as this hash."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+hash_secret = secret_hash  # tokens are stored and sent in events only as this hash
 
 
 def new_device_id() -> str:
