@@ -34,7 +34,7 @@ from epm_events.agent import (
 from epm_events.catalog import SecurityAlertRaised
 from epm_events.codec import DecodeError, decode
 from epm_events.ids import GLOBAL_TENANT, InvalidId, derived_event_id, request_id_for
-from epm_events.streams import AGENT
+from epm_events.streams import AGENT, EVENTS
 from epm_events.subjects import ALL_AGENT, AgentSubject, device_inbox_prefix, parse_agent_subject
 from epm_service.deadletter import dead_letter
 from epm_service.errors import CommandError
@@ -98,6 +98,13 @@ class AgentIntake:
             OfflineLogBatch.NAME: self.on_offline_log_batch,
         }
 
+    async def _device_after_catching_up(self, device_id: str) -> dict[str, Any] | None:
+        """A device not in the store may have enrolled a moment ago: look again once the
+        store has applied everything EPM_EVENTS holds now (rare path, bounded wait)."""
+        last = (await self.js.stream_info(EVENTS.name)).state.last_seq
+        await self.store.wait_for(last, timeout=5)
+        return self.store.read_now(lambda c: store.get_device(c, device_id))
+
     def _public_key(self, encoded: str) -> Ed25519PublicKey:
         """Parsed keys are kept: parsing costs more than verifying on the hot path."""
         key = self._keys.get(encoded)
@@ -110,6 +117,9 @@ class AgentIntake:
         return key
 
     async def start(self) -> None:
+        # Judge no device before the store knows every device: after a restart or a
+        # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
+        await self.store.wait_caught_up()
         self._sub = await self.js.subscribe(
             ALL_AGENT,
             durable=DURABLE,
@@ -197,6 +207,8 @@ class AgentIntake:
         if not msg_id:
             raise Malformed("missing_msg_id", "agent messages need a Nats-Msg-Id header")
         device = self.store.read_now(lambda c: store.get_device(c, subject.device))
+        if device is None:
+            device = await self._device_after_catching_up(subject.device)
         if device is None:
             raise Refused(
                 "unknown_device",
