@@ -105,7 +105,10 @@ async def call(
     timeout: float = 10.0,
 ) -> Any:
     """Send a command; returns its result or raises the CommandError it answered with."""
-    payload = orjson.dumps({"args": args, "principal": principal.to_dict()}, default=str)
+    try:
+        payload = orjson.dumps({"args": args, "principal": principal.to_dict()}, default=str)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits from a client
+        raise Invalid(f"the request cannot be sent on: {exc}; use smaller values") from None
     try:
         msg = await nc.request(rpc_subject(service, command), payload, timeout=timeout)
     except NoRespondersError:

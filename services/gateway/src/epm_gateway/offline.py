@@ -32,7 +32,9 @@ class OfflineResponseIn(BaseModel):
         description="app grants: the application's SHA-256 (without it: any application, "
         "only where the policy has response_any_app)",
     )
-    minutes: int | None = Field(default=None, ge=1, description="admin grants: full admin for")
+    minutes: int | None = Field(
+        default=None, ge=1, le=24 * 60, description="admin grants: full admin for (minutes)"
+    )
 
 
 class OfflineCodesIn(BaseModel):
@@ -42,7 +44,10 @@ class OfflineCodesIn(BaseModel):
         default=None, max_length=64, description="app codes: pin to one application"
     )
     minutes: int | None = Field(
-        default=None, description="admin codes: 15, 30, 60, 120, 240, 480, 720 or 1440"
+        default=None,
+        ge=1,
+        le=24 * 60,
+        description="admin codes: 15, 30, 60, 120, 240, 480, 720 or 1440",
     )
     expires_in: int | None = Field(
         default=None,
