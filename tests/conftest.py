@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ from epm_service.natsauth import (
 from epm_service.natsserver import NatsServer
 from epm_service.settings import Settings
 from epm_service.streams import apply_streams
+from hypothesis import settings as hypothesis_settings
+
+# Property and fuzz tests explore at random on a developer's machine; CI
+# (HYPOTHESIS_PROFILE=ci, set by .ci/run) replays the same derandomized examples
+# every run, so a landing never depends on the luck of the draw.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
