@@ -269,7 +269,27 @@ class Projector:
 
     async def wait_caught_up(self, timeout: float | None = None) -> None:
         """Until everything that was in the stream at start is applied."""
-        await asyncio.wait_for(self._caught_up.wait(), timeout)
+        await asyncio.wait_for(self._wait_caught_up(), timeout)
+
+    async def _wait_caught_up(self) -> None:
+        while not self._caught_up.is_set():
+            try:
+                await asyncio.wait_for(self._caught_up.wait(), 1.0)
+            except TimeoutError:
+                await self._check_caught_up()
+
+    async def _check_caught_up(self) -> None:
+        """Fallback if the pending == 0 signal was missed (e.g. across an ordered-consumer
+        reset): the consumer has nothing pending and everything it delivered is applied."""
+        if self._sub is None or self._buf:
+            return
+        try:
+            cinfo = await self._sub.consumer_info()
+        except Exception:
+            return
+        delivered = cinfo.delivered.stream_seq if cinfo.delivered else 0
+        if not cinfo.num_pending and not self._buf and self.position >= (delivered or 0):
+            self._caught_up.set()
 
     @property
     def caught_up(self) -> bool:
