@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -55,9 +56,14 @@ def gateway_process(
     log.close()
 
 
-async def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
+async def wait_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    timeout: float = 30,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=verify) as client:
         while time.monotonic() < deadline:
             assert proc.poll() is None, "the gateway exited before it was ready"
             try:

@@ -11,26 +11,32 @@ from pathlib import Path
 import pytest
 from epm_cli.nats_auth import write_auth_files
 
+from tests.certificates import issue_tls_files
 from tests.unit.test_deploy_render import K8S, TARGETS, kubectl, of_kind, one, rendered, tool
 
 BASE_CONF = K8S / "base" / "nats" / "nats.conf"
 CLUSTER_CONF = K8S / "overlays" / "prod" / "nats-cluster.conf"
+TLS_DIR = "/etc/nats/tls/"  # where overlays/prod mounts the epm-nats-tls Secret
 
 
 def check_config(
-    path: Path, pod_name: str | None = "epm-nats-0"
+    path: Path, pod_name: str | None = "epm-nats-0", certificates: bool = True
 ) -> subprocess.CompletedProcess[str]:
     # server_name comes from $POD_NAME, which the StatefulSet sets from the pod's name
     env = {k: v for k, v in os.environ.items() if k != "POD_NAME"}
     if pod_name is not None:
         env["POD_NAME"] = pod_name
     # laid out as in the pod: config/nats.conf includes ../auth/resolver.conf (the Secret
-    # epm-nats-resolver), rendered here with fresh test keys by `epm nats-auth init`'s code
+    # epm-nats-resolver), rendered here with fresh test keys by `epm nats-auth init`'s code;
+    # the prod config reads its certificate from TLS_DIR (the Secret epm-nats-tls), here a
+    # throwaway CA's in tls/
     root = Path(tempfile.mkdtemp(prefix="nats-conf-"))
     (root / "config").mkdir()
     conf = root / "config" / "nats.conf"
-    conf.write_text(path.read_text())
+    conf.write_text(path.read_text().replace(TLS_DIR, f"{root / 'tls'}/"))
     write_auth_files(root / "auth", "/data/jwt")
+    if certificates:
+        issue_tls_files(root / "tls", ("epm-nats", "*.epm-nats-headless"))
     try:
         return subprocess.run(
             [tool("nats-server"), "-c", str(conf), "-t"],
@@ -79,6 +85,14 @@ def test_a_broken_config_is_refused() -> None:
     result = check_config(CLUSTER_CONF, pod_name=None)
     assert result.returncode != 0
     assert "POD_NAME" in result.stderr
+
+
+def test_the_prod_config_loads_the_certificates_it_names() -> None:
+    """-t reads the TLS files: without the epm-nats-tls Secret the server does not start."""
+    assert TLS_DIR in CLUSTER_CONF.read_text()
+    result = check_config(CLUSTER_CONF, certificates=False)
+    assert result.returncode != 0
+    assert "tls/tls.crt: no such file" in result.stderr
 
 
 def test_cluster_routes_name_every_statefulset_pod() -> None:

@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from epm_service.settings import Settings
+from epm_service.tls import nats_client_context
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,11 @@ class Bus:
 
 
 async def connect(settings: Settings, name: str, **extra: Any) -> Bus:
-    """Connect with unlimited reconnects; logs disconnects instead of raising."""
+    """Connect with unlimited reconnects; logs disconnects instead of raising.
+
+    TLS (``EPM_NATS_TLS_*``) is checked before connecting: a missing or unusable file
+    raises ``epm_service.tls.TlsSettingsError``."""
+    tls = nats_client_context(settings)
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", extra={"nats_url": settings.nats_url})
@@ -53,6 +58,8 @@ async def connect(settings: Settings, name: str, **extra: Any) -> Bus:
     elif settings.nats_user:
         opts["user"] = settings.nats_user
         opts["password"] = settings.nats_password
+    if tls is not None:
+        opts["tls"] = tls
     opts.update(extra)
     nc = await nats.connect(**opts)
     return Bus(nc=nc, js=nc.jetstream(timeout=10, publish_async_max_pending=20_000))

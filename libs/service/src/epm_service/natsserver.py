@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -106,6 +107,24 @@ def nats_command(
     ]
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """Client TLS for the server: its certificate and key; with ``verify``, clients must
+    also present a certificate signed by ``ca``."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify: bool = False
+
+    def args(self) -> list[str]:
+        args = ["--tlsverify" if self.verify else "--tls"]
+        args += ["--tlscert", str(self.cert), "--tlskey", str(self.key)]
+        if self.ca is not None:
+            args += ["--tlscacert", str(self.ca)]
+        return args
+
+
 class NatsServer:
     """A nats-server child process; ``with NatsServer(dir) as s: s.url``."""
 
@@ -116,23 +135,27 @@ class NatsServer:
         host: str = "127.0.0.1",
         log_file: Path | None = None,
         extra: list[str] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port(host)
         self.host = host
         self.log_file = log_file
         self.extra = extra
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.tls else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        extra = [*(self.tls.args() if self.tls else []), *(self.extra or [])]
         self.proc = subprocess.Popen(
-            nats_command(self.port, self.store_dir, self.host, self.extra),
+            nats_command(self.port, self.store_dir, self.host, extra),
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent(signal.SIGTERM),

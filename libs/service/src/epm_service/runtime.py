@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from epm_service.publisher import EventPublisher
 from epm_service.rpc import CommandHandler, RpcServer
 from epm_service.settings import Settings
 from epm_service.streams import check_streams
+from epm_service.tls import TlsSettingsError
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,12 @@ def tune_gc() -> None:
 
 def main(defn: ServiceDefinition) -> None:
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(run_service(defn))
-    except ImportError:  # pragma: no cover
-        asyncio.run(run_service(defn))
+            uvloop.run(run_service(defn))
+        except ImportError:  # pragma: no cover
+            asyncio.run(run_service(defn))
+    except TlsSettingsError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)

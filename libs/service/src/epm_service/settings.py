@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     nats_creds: str | None = None
     nats_issuer: str | None = None  # epm_service.natsauth.Issuer file: who may sign NATS users
     public_nats_url: str | None = None  # what agents are told to connect to
+    # TLS to NATS (epm_service.tls): the CA that signed the servers' certificate (a tls://
+    # EPM_NATS_URL without it trusts the system's CAs), and a client certificate and key
+    # for servers that verify clients.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
     data_dir: Path = Path(".epm")
     stream_replicas: int = 1
     request_ttl: float = 4 * 86400
@@ -40,6 +46,9 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # both set: the gateway serves HTTPS on EPM_HTTP_PORT with this certificate and key
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
     health_port: int = 0  # 0: a free port (written to the log)
     log_level: str = "INFO"
     public_url: str = "http://127.0.0.1:8080"

@@ -25,6 +25,7 @@ from epm_service.jsonlog import setup_logging
 from epm_service.runtime import RunningService, ServiceDefinition, start_service
 from epm_service.settings import Settings
 from epm_service.streams import MissingStreams
+from epm_service.tls import TlsSettingsError, https_files
 
 from epm_gateway.api import create_app
 from epm_gateway.bootstrap import ensure_bootstrap_admin
@@ -58,6 +59,7 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then stop HTTP first and the service runtime after it."""
+    https = https_files(settings)  # before anything starts: a bad file is a clear error
     service = await start_gateway(settings)
     config = uvicorn.Config(
         create_app(service),
@@ -66,6 +68,8 @@ async def serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         lifespan="off",
+        ssl_certfile=https[0] if https else None,
+        ssl_keyfile=https[1] if https else None,
     )
     server = _Server(config)
 
@@ -94,7 +98,7 @@ def run() -> None:
     setup_logging(NAME, settings.log_level)
     try:
         _run_loop(serve(settings))
-    except MissingStreams as exc:
+    except (MissingStreams, TlsSettingsError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)
     except OSError as exc:

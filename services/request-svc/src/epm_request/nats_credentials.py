@@ -27,6 +27,7 @@ from epm_service.errors import Unavailable
 from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jwt
 from epm_service.projection import Projector
 from epm_service.settings import Settings
+from epm_service.tls import nats_client_context
 from nats.aio.client import Client, RawCredentials
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class DeviceCredentials:
                 connect_timeout=PUSH_TIMEOUT,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                tls=nats_client_context(self.settings),
             )
             self._sys = await asyncio.wait_for(connecting, 2 * PUSH_TIMEOUT)
         return self._sys

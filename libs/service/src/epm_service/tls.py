@@ -1,0 +1,93 @@
+"""TLS from settings: the NATS client's SSL context and the gateway's HTTPS certificate.
+
+Both come from files (on Kubernetes, Secrets mounted into the pod: deploy/README.md,
+"TLS"). A file that is missing, unreadable or not what the setting says stops the
+process at start with the setting's name in the message, not at the first handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from epm_service.settings import Settings
+
+
+class TlsSettingsError(ValueError):
+    """A TLS setting that cannot be used; the message names the setting and what to do."""
+
+
+def _env_name(field: str) -> str:
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def nats_client_context(settings: Settings) -> ssl.SSLContext | None:
+    """The context for ``nats.connect(tls=...)``, or None when no NATS TLS file is set
+    (then a ``tls://`` URL, or a server that requires TLS, uses the system's CAs)."""
+    pair = _pair(settings, "nats_tls_cert", "nats_tls_key")
+    if settings.nats_tls_ca is None and pair is None:
+        return None
+    if settings.nats_tls_ca is None:
+        context = ssl.create_default_context()
+    else:
+        ca = _readable("nats_tls_ca", settings.nats_tls_ca)
+        # only this CA (verifying certificate and host name): the servers' certificate
+        # comes from it, and no public CA may vouch for a NATS server
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except ssl.SSLError as exc:
+            raise TlsSettingsError(
+                f"{_env_name('nats_tls_ca')}={ca} holds no PEM CA certificate ({exc.reason}):"
+                " point it at the CA that signed the NATS servers' certificate (ca.crt)"
+            ) from exc
+    if pair is not None:
+        _load_pair(context, "nats_tls_cert", "nats_tls_key", *pair)
+    return context
+
+
+def https_files(settings: Settings) -> tuple[Path, Path] | None:
+    """``EPM_HTTP_TLS_CERT`` and ``EPM_HTTP_TLS_KEY``, checked to be a certificate and its
+    key, or None (plain HTTP)."""
+    pair = _pair(settings, "http_tls_cert", "http_tls_key")
+    if pair is not None:
+        _load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "http_tls_cert", "http_tls_key", *pair)
+    return pair
+
+
+def _pair(settings: Settings, cert_field: str, key_field: str) -> tuple[Path, Path] | None:
+    cert: Path | None = getattr(settings, cert_field)
+    key: Path | None = getattr(settings, key_field)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = (cert_field, key_field) if key is None else (key_field, cert_field)
+        raise TlsSettingsError(
+            f"{_env_name(given)} is set but {_env_name(missing)} is not:"
+            " set both (the certificate and its private key) or neither"
+        )
+    return _readable(cert_field, cert), _readable(key_field, key)
+
+
+def _readable(field: str, path: Path) -> Path:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise TlsSettingsError(
+            f"{_env_name(field)}={path}: cannot read it ({exc.strerror});"
+            " mount the file there or change the setting"
+        ) from exc
+    return path
+
+
+def _load_pair(
+    context: ssl.SSLContext, cert_field: str, key_field: str, cert: Path, key: Path
+) -> None:
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except ssl.SSLError as exc:
+        raise TlsSettingsError(
+            f"{_env_name(cert_field)}={cert} and {_env_name(key_field)}={key} are not a PEM"
+            f" certificate and its unencrypted private key ({exc.reason or exc})"
+        ) from exc
