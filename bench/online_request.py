@@ -115,6 +115,16 @@ def stop_services(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a child process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def until_answers(bus: Bus, service: str, command: str, deadline: float = 60) -> None:
     """Until ``service`` answers at all (a refusal is an answer; 503 means not up yet)."""
     end = time.monotonic() + deadline
@@ -204,6 +214,7 @@ async def online_request(
         for i in range(min(200, count)):  # warm-up: caches, consumers, JIT-less paths
             await one(-1 - i)
         tasks = []
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
         t0 = time.perf_counter()
         for i in range(count):
             delay = t0 + i / rate - time.perf_counter()
@@ -212,12 +223,18 @@ async def online_request(
             tasks.append(asyncio.create_task(one(i)))
         latencies = sorted(await asyncio.gather(*tasks))
         achieved = count / (time.perf_counter() - t0)
+        cpu_us = [
+            round((cpu_seconds(p.pid) - c0) / count * 1e6)
+            for p, c0 in zip(procs, cpu0, strict=True)
+        ]
     finally:
         stop_services(procs)
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
     ceiling = round(ceiling_p99_us / 1000, 3) if ceiling_p99_us else None
-    note = f"at {achieved:,.0f} req/s"
+    note = f"at {achieved:,.0f} req/s; CPU/request µs: " + ", ".join(
+        f"{name} {us}" for name, us in zip(("request-svc", "approval-svc"), cpu_us, strict=True)
+    )
     return [
         Row(
             P50,

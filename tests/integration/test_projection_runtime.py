@@ -129,3 +129,35 @@ async def test_stop_returns_promptly_while_events_are_still_arriving(
         assert await applied_count(p) == 3000
     finally:
         await p.stop()
+
+
+async def test_projector_locked_out_of_its_file_keeps_the_loop_running_and_applies_later(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """Small batches are written on the event loop: a lock held by someone else must make
+    them wait in the writer thread (and retry), never stall the loop."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "p.sqlite"
+    p = Projector(bus.js, AppliedLog(), path, service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        seqs = await publish(bus, tenants(3))
+        worst = 0.0
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # the loop keeps turning while the write waits
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.monotonic() - before)
+        assert p.position < seqs[-1]
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert await p.wait_for(seqs[-1], timeout=15)
+        assert await applied_count(p) == 3
+        assert worst < 0.5, f"the event loop stalled {worst:.2f}s behind a locked file"
+    finally:
+        await p.stop()
