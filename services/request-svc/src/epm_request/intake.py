@@ -6,6 +6,12 @@ the work). Every message ends acknowledged: accepted, dead-lettered
 unknown/revoked device, tenant mismatch). Only a transient failure (NATS
 unreachable) leaves it unacked for redelivery. Messages of one device are
 handled in order; different devices in parallel.
+
+An offline log batch that would leave a gap while an earlier upload of the same device is
+still unacknowledged in EPM_AGENT is put back (nak with a delay) rather than reported: a
+replica killed while holding a device's batches gets them redelivered only after
+``ack_wait``, and the device's next batches reach the restarted replica first. The gap
+is reported once nothing earlier is pending, or after ``MAX_GAP_DEFERRALS`` deliveries.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats.js.errors
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,7 +42,13 @@ from epm_events.catalog import SecurityAlertRaised
 from epm_events.codec import DecodeError, decode
 from epm_events.ids import GLOBAL_TENANT, InvalidId, derived_event_id, request_id_for
 from epm_events.streams import AGENT, EVENTS
-from epm_events.subjects import ALL_AGENT, AgentSubject, device_inbox_prefix, parse_agent_subject
+from epm_events.subjects import (
+    ALL_AGENT,
+    AgentSubject,
+    agent_subject,
+    device_inbox_prefix,
+    parse_agent_subject,
+)
 from epm_service.deadletter import dead_letter
 from epm_service.errors import CommandError
 from epm_service.principal import SYSTEM
@@ -47,12 +60,18 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from epm_request import store
-from epm_request.replay import OfflineReplay
+from epm_request.replay import EarlierUploadPending, OfflineReplay
 
 log = logging.getLogger(__name__)
 
 DURABLE = "request-svc-intake"
 MAX_DELIVER_BEFORE_DLQ = 5
+ACK_WAIT = 30
+GAP_RECHECK_DELAY = 2.0
+"""Seconds before a batch put back for an earlier pending upload is delivered again."""
+MAX_GAP_DEFERRALS = 3 * ACK_WAIT // 2
+"""Deliveries of a batch after which its gap is reported even if an earlier upload still
+looks pending (about 3 x ack_wait: every delivered message is redelivered by then)."""
 
 
 class Refused(Exception):
@@ -82,6 +101,8 @@ class Verified:
     data: dict[str, Any]
     reply_to: str | None
     received_at: datetime  # when EPM_AGENT stored the message
+    stream_seq: int = 0  # its EPM_AGENT sequence
+    delivered: int = 1  # how many times it was delivered, this time included
 
 
 class AgentIntake:
@@ -130,7 +151,7 @@ class AgentIntake:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
+                ack_wait=ACK_WAIT,
                 max_ack_pending=2000,
             ),
             pending_msgs_limit=-1,
@@ -162,6 +183,13 @@ class AgentIntake:
         try:
             verified = await self.verify(msg)
             await self.handlers[verified.subject.event_name](verified)
+        except EarlierUploadPending as pending:
+            log.info(
+                "offline log batch put back until an earlier upload is handled",
+                extra={"subject": msg.subject, "detail": str(pending)},
+            )
+            await msg.nak(delay=GAP_RECHECK_DELAY)
+            return
         except Refused as r:
             await self._alert(msg, r)
         except Malformed as m:
@@ -274,7 +302,15 @@ class AgentIntake:
                 subject.tenant,
                 subject.device,
             )
-        return Verified(subject, msg_id, env.data, reply_to, msg.metadata.timestamp)
+        return Verified(
+            subject,
+            msg_id,
+            env.data,
+            reply_to,
+            msg.metadata.timestamp,
+            msg.metadata.sequence.stream,
+            msg.metadata.num_delivered,
+        )
 
     async def _alert(self, msg: Msg, r: Refused) -> None:
         msg_id = (msg.headers or {}).get(
@@ -344,7 +380,35 @@ class AgentIntake:
             batch = OfflineLogBatch.model_validate(v.data)
         except ValidationError as exc:
             raise Malformed("invalid_data", str(exc).splitlines()[0]) from None
-        await self.replay.replay(v.subject.tenant, v.subject.device, v.msg_id, batch, v.received_at)
+
+        async def earlier_pending() -> bool:
+            return await self._earlier_upload_unacked(v)
+
+        await self.replay.replay(
+            v.subject.tenant, v.subject.device, v.msg_id, batch, v.received_at, earlier_pending
+        )
+
+    async def _earlier_upload_unacked(self, v: Verified) -> bool:
+        """Whether EPM_AGENT holds an upload of this device before ``v`` that the consumer
+        may not have acknowledged yet (it lies above the ack floor). Such an upload was
+        delivered to a replica that died, or put back, and comes again: its records may be
+        the ones missing. Bounded by ``MAX_GAP_DEFERRALS``, so a real gap is reported."""
+        if not v.stream_seq or v.delivered >= MAX_GAP_DEFERRALS:
+            return False
+        info = await self.js.consumer_info(AGENT.name, DURABLE)
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if floor + 1 >= v.stream_seq:
+            return False
+        try:
+            earlier = await self.js.get_msg(
+                AGENT.name,
+                seq=floor + 1,
+                subject=agent_subject(v.subject.tenant, v.subject.device, OfflineLogBatch.NAME),
+                next=True,
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        return earlier.seq is not None and earlier.seq < v.stream_seq
 
     async def _auto_decide(
         self, tenant: str, request_id: str, body: ElevationRequested, created_seq: int

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,6 +57,12 @@ MAX_ATTEMPTS = 8
 CATCH_UP_TIMEOUT = 30.0
 
 
+class EarlierUploadPending(Exception):
+    """The batch would leave a gap that an earlier upload of the device, still
+    unacknowledged in EPM_AGENT, may fill: handle this batch after that one (nothing was
+    raised or appended)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayOutcome:
     verdict: Verdict
@@ -72,10 +78,21 @@ class OfflineReplay:
         self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
 
     async def replay(
-        self, tenant: str, device: str, batch_id: str, batch: OfflineLogBatch, received: datetime
+        self,
+        tenant: str,
+        device: str,
+        batch_id: str,
+        batch: OfflineLogBatch,
+        received: datetime,
+        earlier_pending: Callable[[], Awaitable[bool]] | None = None,
     ) -> ReplayOutcome:
         """Decide, raise the alerts, append the new records, tell the device. Raises on a
-        transient failure (the caller retries the whole batch: everything here is idempotent)."""
+        transient failure (the caller retries the whole batch: everything here is idempotent).
+
+        ``earlier_pending``: asked before a gap is reported; True (an earlier upload of the
+        device is still unacknowledged: a replica died holding it, or it was put back)
+        raises EarlierUploadPending instead, so a gap is only a gap once nothing earlier
+        can fill it."""
         mine = self._appended.get(device)
         if mine is not None:  # read our own writes: the device's previous batch
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
@@ -87,6 +104,15 @@ class OfflineReplay:
             redemptions = await self.store.read(lambda c: store.code_redemptions(c, refs))
             issued = await self.store.read(lambda c: store.issued_to(c, code_hashes))
             verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
+            if (
+                earlier_pending is not None
+                and any(a.kind == "log_gap" for a in verdict.alerts)
+                and await earlier_pending()
+            ):
+                raise EarlierUploadPending(
+                    f"batch {batch_id} of device {device} starts after records an earlier, "
+                    "unacknowledged upload may hold"
+                )
             for alert in verdict.alerts:
                 await self._raise(tenant, device, batch_id, alert)
             try:
