@@ -1,6 +1,6 @@
 """``epm dev`` with NATS auth, end to end: no anonymous clients, an agent gets its own user at
-enrollment and loses it when revoked, an integrator reads its tenant only, and no EPM
-process is ever refused by NATS while the stack works."""
+enrollment and loses it when revoked, an integrator reads its tenant only and loses its
+creds with its token, and no EPM process is ever refused by NATS while the stack works."""
 
 from __future__ import annotations
 
@@ -138,6 +138,11 @@ def test_an_integrator_reads_its_tenant_and_is_refused_another(stack: Stack) -> 
     first, errors = asyncio.run(read())
     assert first.startswith("epm.evt.initech.")
     assert any("permissions violation" in e and "epm.evt.hooli" in e for e in errors), errors
+
+    creds = stack.tmp / "crm.creds"
+    creds.write_text(answer["creds"])
+    stack.ok("token", "revoke", issued["id"])  # its NATS user goes with it, at once
+    assert refused(answer["url"], user_credentials=str(creds))
 
 
 def test_no_epm_process_was_refused_by_nats(stack: Stack) -> None:

@@ -1,11 +1,15 @@
 """``GET /v1/integrations/nats`` on a gateway whose NATS requires JWTs: an integrator's creds
-read its tenant's events and are refused another tenant's."""
+read its tenant's events and are refused another tenant's; revoking the token revokes them
+at once (request-svc pushes the account JWT), also when request-svc was down at the time."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -13,8 +17,10 @@ import pytest
 from epm_events.streams import EVENTS
 from epm_gateway.domain import new_token
 from epm_service.bus import Bus
+from epm_service.natsauth import read_creds, write_private
+from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
-from nats.aio.client import RawCredentials
+from nats.aio.client import Client, RawCredentials
 from nats.js.api import ConsumerConfig
 
 from tests.conftest import AuthNats
@@ -29,10 +35,13 @@ async def gateway(
     token_file = tmp_path / "admin-token"
     token_file.write_text(admin + "\n")
     token_file.chmod(0o600)
+    # what the gateway holds in production: the issuer without the revocation keys
+    issuer = tmp_path / "issuer-gateway.json"
+    write_private(issuer, nats_auth_server.keys.issuer().without_revocation().dump())
     settings = Settings(
         nats_url=nats_auth_server.url,
         nats_creds=nats_auth_server.service_creds("gateway"),
-        nats_issuer=nats_auth_server.issuer_file(),
+        nats_issuer=str(issuer),
         data_dir=tmp_path / "data",
         bootstrap_token_file=token_file,
     )
@@ -92,3 +101,126 @@ async def test_only_integrator_tokens_get_nats_creds(gateway: Gateway) -> None:
     everyone = (await gateway.token("integrator", None))["token"]
     answer = (await gateway.get("/v1/integrations/nats", everyone)).json()
     assert answer["subjects"] == ["epm.evt.>"]
+
+
+def request_svc_settings(nats_auth_server: AuthNats, tmp_path: Path) -> Settings:
+    return Settings(
+        nats_url=nats_auth_server.url,
+        nats_creds=nats_auth_server.service_creds("request-svc"),
+        nats_issuer=nats_auth_server.issuer_file(),  # the full issuer: it pushes revocations
+        data_dir=tmp_path / "request-svc",
+    )
+
+
+@pytest.fixture
+async def request_svc(
+    gateway: Gateway, nats_auth_server: AuthNats, tmp_path: Path
+) -> AsyncIterator[RunningService]:
+    from epm_request.app import DEFINITION
+
+    running = await start_service(DEFINITION, request_svc_settings(nats_auth_server, tmp_path))
+    yield running
+    await running.stop()
+
+
+async def _quiet(exc: Exception) -> None:
+    """A refusal is what these tests expect."""
+
+
+async def connect_integrator(answer: dict[str, Any]) -> Client:
+    return await nats.connect(
+        answer["url"],
+        user_credentials=RawCredentials(answer["creds"]),
+        inbox_prefix=answer["inbox_prefix"],
+        allow_reconnect=False,
+        connect_timeout=3,
+        error_cb=_quiet,
+    )
+
+
+async def refused(answer: dict[str, Any]) -> bool:
+    try:
+        nc = await connect_integrator(answer)
+    except (nats.errors.Error, TimeoutError, OSError):
+        return True
+    connected = nc.is_connected
+    await nc.close()
+    return not connected
+
+
+async def reads(nc: Client, tenant: str) -> bool:
+    """Whether these creds read the tenant's events (a named consumer: the filter is then in
+    the create subject the creds allow; a new name each time)."""
+    feed = await nc.jetstream(timeout=2).subscribe(
+        f"epm.evt.{tenant}.>",
+        stream=EVENTS.name,
+        ordered_consumer=True,
+        config=ConsumerConfig(name=f"feed-{secrets.token_hex(4)}"),
+    )
+    try:
+        return (await feed.next_msg(timeout=5)).subject.startswith(f"epm.evt.{tenant}.")
+    finally:
+        await feed.unsubscribe()
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_revoking_an_integrator_token_revokes_its_nats_creds_at_once(
+    gateway: Gateway, request_svc: RunningService
+) -> None:
+    revoked = await gateway.token("integrator", "acme")
+    kept = await gateway.token("integrator", "acme")
+    first = (await gateway.get("/v1/integrations/nats", revoked["token"])).json()
+    second = (await gateway.get("/v1/integrations/nats", revoked["token"])).json()
+    other = (await gateway.get("/v1/integrations/nats", kept["token"])).json()
+    # every creds of one token are one NATS user (what the revocation names)
+    assert read_creds(first["creds"])[1].public == read_creds(second["creds"])[1].public
+    assert read_creds(first["creds"])[1].public != read_creds(other["creds"])[1].public
+    reading = await connect_integrator(first)
+    assert await reads(reading, "acme")
+
+    answer = await gateway.delete(f"/v1/tokens/{revoked['id']}")
+    assert answer.status_code == 204, answer.text
+
+    # refused from the moment the DELETE returned: no waiting
+    assert await refused(first) and await refused(second)
+
+    async def dropped() -> bool:
+        return not reading.is_connected
+
+    await eventually("NATS to drop the revoked integrator's connection", dropped, timeout=5)
+    assert (await gateway.get("/v1/integrations/nats", revoked["token"])).status_code == 401
+    still = await connect_integrator(other)  # another integrator of the tenant is untouched
+    try:
+        assert await reads(still, "acme")
+    finally:
+        await still.close()
+    # revoking again is fine, and pushes again
+    assert (await gateway.delete(f"/v1/tokens/{revoked['id']}")).status_code == 204
+
+
+async def test_a_revocation_made_while_request_svc_is_down_reaches_nats_when_it_starts(
+    gateway: Gateway, nats_auth_server: AuthNats, tmp_path: Path
+) -> None:
+    from epm_request.app import DEFINITION
+
+    token = await gateway.token("integrator", None)
+    creds = (await gateway.get("/v1/integrations/nats", token["token"])).json()
+    assert not await refused(creds)
+
+    answer = await gateway.delete(f"/v1/tokens/{token['id']}")
+    assert answer.status_code == 503, answer.text
+    assert "NATS credentials are not revoked yet" in answer.json()["detail"]
+    assert (await gateway.get("/v1/integrations/nats", token["token"])).status_code == 401
+    assert not await refused(creds)  # nobody could push the revocation yet
+
+    running = await start_service(DEFINITION, request_svc_settings(nats_auth_server, tmp_path))
+    try:
+        await eventually("request-svc to push the revocation at its start", lambda: refused(creds))
+    finally:
+        await running.stop()

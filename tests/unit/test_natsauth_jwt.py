@@ -63,6 +63,18 @@ def test_a_revoked_device_user_is_in_the_account_jwt_forever() -> None:
     assert revocations == {user: REVOKED_FOREVER}
 
 
+def test_every_creds_of_an_integrator_token_are_one_user_the_gateway_can_issue() -> None:
+    full = AuthKeys.create().issuer()
+    gateway = full.without_revocation()  # what the gateway holds
+    first, second = (gateway.integrator_creds("tok-1", "acme") for _ in range(2))
+    user = full.integrator_user("tok-1").public  # request-svc finds it again to revoke it
+    assert read_creds(first)[1].public == read_creds(second)[1].public == user
+    assert full.integrator_user("tok-2").public != user
+    assert user not in {full.device_user("acme", "tok-1").public}
+    claims = decode_jwt(read_creds(first)[0])
+    assert claims["sub"] == user and claims["exp"] - claims["iat"] == 24 * 3600
+
+
 def test_a_device_may_use_only_its_own_subjects() -> None:
     p = device_permissions("acme", "d-1")
     assert set(p.subscribe) == {"_INBOX.acme.d-1.>"}

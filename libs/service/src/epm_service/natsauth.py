@@ -58,7 +58,8 @@ _PREFIX: dict[Kind, int] = {
 ACCOUNT_NAME = "EPM"
 SYSTEM_ACCOUNT_NAME = "SYS"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
-# Revoked device users stay revoked: every JWT of theirs issued before this is refused.
+# Revoked device and integrator users stay revoked: every JWT of theirs issued before this
+# is refused.
 REVOKED_FOREVER = 2**53 - 1
 INTEGRATOR_CREDS_SECONDS = 24 * 3600
 
@@ -100,8 +101,9 @@ class NKey:
 
 
 def derive_user_key(secret: bytes, *parts: str) -> NKey:
-    """A user nkey that is a function of a secret and a name (a device), so whoever holds the
-    secret can find the key again to revoke it, without storing it anywhere."""
+    """A user nkey that is a function of a secret and a name (a device, an integrator token),
+    so whoever holds the secret can find the key again to revoke it, without storing it
+    anywhere."""
     info = b"epm nats user v1\x1f" + "\x1f".join(parts).encode()
     return NKey.from_raw("user", hmac.new(secret, info, hashlib.sha256).digest())
 
@@ -496,17 +498,26 @@ class Issuer:
         )
         return creds(jwt, user.seed)
 
+    def integrator_user(self, token_id: str) -> NKey:
+        """The NATS user of an integrator token: every creds issued for the token are this
+        user, so revoking the token revokes them all (request-svc finds the key again)."""
+        return derive_user_key(self.device_secret, "integrator", token_id)
+
     def integrator_creds(
         self, token_id: str, tenant: str | None, expires_in: int = INTEGRATOR_CREDS_SECONDS
     ) -> str:
-        """Creds that expire (a day): a revoked integrator token gets no new ones."""
-        return new_user_creds(
+        """Creds that expire (a day) and are revoked with the token; a revoked token gets no
+        new ones."""
+        user = self.integrator_user(token_id)
+        jwt = user_jwt(
+            user.public,
             f"integrator {token_id} ({tenant or 'every tenant'})",
             self.account,
             self.account_signing,
             integrator_permissions(token_id, tenant),
             expires_in,
         )
+        return creds(jwt, user.seed)
 
     def account_jwt(self, revoked_users: Iterable[str] = ()) -> str:
         """The EPM account JWT with these users revoked (needs the operator signing key)."""

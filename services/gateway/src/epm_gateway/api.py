@@ -291,7 +291,9 @@ def create_app(service: RunningService) -> FastAPI:
 
     @app.delete("/v1/tokens/{token_id}", status_code=204, tags=["tokens"])
     async def revoke_token(token_id: str, who: Caller, svc: Service) -> Response:
-        """Revoke a token; it stops working at once. Revoking twice is fine."""
+        """Revoke a token; it stops working at once. Revoking twice is fine. An integrator
+        token's NATS credentials (``GET /v1/integrations/nats``) are revoked with it: NATS
+        drops and refuses them at once (503 if NATS did not take it yet: revoke again)."""
         await command(svc, "revoke_token", {"id": token_id}, who)
         return Response(status_code=204)
 

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 from epm_events.catalog import TenantCreated, TokenIssued, TokenRevoked
 from epm_events.ids import new_id, validate_tenant, validate_token
 from epm_events.streams import EVENTS
-from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
+from epm_service.errors import CommandError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from epm_service.principal import Principal, Role
 from epm_service.projection import Projector
 from epm_service.publisher import ConcurrencyConflict
-from epm_service.rpc import CommandHandler
+from epm_service.rpc import CommandHandler, call
 from epm_service.runtime import ServiceContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -206,7 +206,8 @@ async def revoke_token(
     )
     for _ in range(3):
         if record.revoked:
-            return {"id": token_id, "revoked": True, "seq": record.last_seq}
+            await revoke_nats_user(ctx, record, record.last_seq, principal)  # again: it may
+            return {"id": token_id, "revoked": True, "seq": record.last_seq}  # have failed
         event = TokenRevoked(token_id=token_id, revoked_by=principal.actor)
         try:
             [appended] = await ctx.publisher.append(
@@ -229,8 +230,40 @@ async def revoke_token(
                 "by": principal.token_id,
             },
         )
+        await revoke_nats_user(ctx, record, appended.seq, principal)
         return {"id": token_id, "revoked": True, "seq": appended.seq}
     raise Conflict(f"token {token_id!r} keeps changing; try again")
+
+
+NATS_REVOKE_TIMEOUT = 15.0
+"""request-svc may wait for its projection (5 s) and then for the resolver (5 s a request)."""
+
+
+async def revoke_nats_user(
+    ctx: ServiceContext, record: TokenRecord, seq: int, principal: Principal
+) -> None:
+    """An integrator token's NATS user (``GET /v1/integrations/nats``) goes with the token, at
+    once: request-svc, which holds the operator signing key, pushes the revocation once its
+    projection has the TokenRevoked at ``seq``. If it cannot now, it does at its next resync
+    (30 s); the token itself is revoked either way."""
+    if record.role != "integrator" or not ctx.settings.nats_issuer:
+        return  # no NATS creds were ever issued for it
+    args = {"token_id": record.id, "seq": seq}
+    try:
+        await call(
+            ctx.bus.nc,
+            "request-svc",
+            "revoke_integrator_nats",
+            args,
+            principal,
+            timeout=NATS_REVOKE_TIMEOUT,
+        )
+    except CommandError as exc:
+        raise Unavailable(
+            f"the token is revoked (it is refused from now on), but its NATS credentials are "
+            f"not revoked yet: {exc.detail}. request-svc revokes them within 30 s of running "
+            "again; or revoke the token again"
+        ) from None
 
 
 # --- the table --------------------------------------------------------------------

@@ -4,7 +4,10 @@ The gateway signs a user JWT with the EPM account's signing key
 (``EPM_NATS_ISSUER``): push consumers on EPM_EVENTS filtered to the token's
 tenant (every tenant for an MSP-wide integrator), deliveries under the
 returned inbox prefix, nothing else (epm_service.natsauth.integrator_permissions).
-The creds expire after a day; a revoked token gets no new ones.
+The creds expire after a day. They are one NATS user per token (its key is derived
+from the token id), so revoking the token revokes every creds issued for it at once:
+the revocation asks request-svc to push the user into the account JWT's revocations
+(epm_gateway.commands.revoke_nats_user); a revoked token gets no new ones.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ async def nats_credentials(who: Caller, svc: Service) -> dict[str, Any]:
 
     Read with an ordered (AckNone) push consumer on ``stream``, filtered to one of
     ``subjects``, named (any name: the filter then travels in the create subject the creds
-    allow), delivering under ``inbox_prefix`` (nats-py: ``connect(inbox_prefix=...)``)."""
+    allow), delivering under ``inbox_prefix`` (nats-py: ``connect(inbox_prefix=...)``).
+    The creds expire after ``expires_in`` seconds; revoking the token
+    (``DELETE /v1/tokens/{id}``) revokes them at once: NATS drops their connections and
+    refuses them from then on."""
     if who.role != "integrator":
         raise Forbidden(
             "NATS credentials are for integrator tokens; issue one with "

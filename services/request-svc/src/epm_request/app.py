@@ -5,7 +5,8 @@ Where things go (the handler table of this service):
 - projection ``store`` (epm_request.store.RequestStore), from EPM_EVENTS:
   TenantCreated, EnrollmentTokenCreated, EnrollmentTokenUsed, DeviceEnrolled,
   DeviceRevoked, RequestCreated, Approved, Denied, RequestExpired, the offline
-  records (device_log) and OfflineCodeIssued (issued_codes); decisions
+  records (device_log), OfflineCodeIssued (issued_codes), TokenIssued and
+  TokenRevoked (tokens: whose NATS user to revoke); decisions
   are queued to devices (outbox -> EPM_DEVICE ``epm.device.<t>.<d>.decision``).
 - intake (epm_request.intake.AgentIntake), from EPM_AGENT:
   ``ElevationRequested`` -> RequestCreated, then approval-svc ``auto_decide``,
@@ -17,10 +18,11 @@ Where things go (the handler table of this service):
 - expiry (epm_request.expiry.ExpiryScheduler): open requests past
   ``EPM_REQUEST_TTL`` -> RequestExpired.
 - NATS revocations (epm_request.nats_credentials.DeviceCredentials): revoked
-  devices' NATS users -> the account JWT on the resolver (``EPM_NATS_ISSUER``).
+  devices' and integrator tokens' NATS users -> the account JWT on the resolver
+  (``EPM_NATS_ISSUER``).
 - commands ``epm.rpc.request-svc.*`` (epm_request.commands.RequestCommands):
-  create_enrollment_token, enroll, list_devices, revoke_device, list_requests,
-  get_request.
+  create_enrollment_token, enroll, list_devices, revoke_device,
+  revoke_integrator_nats, list_requests, get_request.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
 
 from epm_request import enrollment, store
-from epm_request.nats_credentials import DeviceCredentials
+from epm_request.nats_credentials import DeviceCredentials, revoked_integrators
 from epm_request.store import RequestStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class RequestCommands:
             "enroll": self.enroll,
             "list_devices": self.list_devices,
             "revoke_device": self.revoke_device,
+            "revoke_integrator_nats": self.revoke_integrator_nats,
             "list_requests": self.list_requests,
             "get_request": self.get_request,
         }
@@ -213,6 +214,24 @@ class RequestCommands:
         await self.store.wait_for(appended[-1].seq)
         await self.credentials.revoke_now()  # its NATS user goes with it, at once
         return {"device_id": device_id, "revoked": True}
+
+    async def revoke_integrator_nats(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
+        """The gateway revoked an integrator token (TokenRevoked at stream sequence ``seq``):
+        push its NATS user's revocation now. Only what the projection holds is pushed (who
+        may revoke the token was the gateway's to judge), so any caller may ask again."""
+        token_id = str(args.get("token_id", ""))
+        seq = args.get("seq", 0)
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise Invalid("seq must be the stream sequence of the TokenRevoked event")
+        if not await self.store.wait_for(seq, timeout=5):
+            raise Unavailable(
+                "the token is revoked, but request-svc has not read the revocation yet, so its "
+                "NATS credentials are not revoked yet (they will be within a minute); try again"
+            )
+        revoked = token_id in await self.store.read(revoked_integrators)
+        if revoked:
+            await self.credentials.revoke_now("integrator token")
+        return {"token_id": token_id, "nats_revoked": revoked and self.credentials.revokes}
 
     # --- requests ----------------------------------------------------------------
 

@@ -1,16 +1,19 @@
-"""Per-device NATS credentials: issued at enrollment, revoked with the device.
+"""Per-device NATS credentials: issued at enrollment, revoked with the device. And the
+revocation of integrators' NATS users (issued by the gateway) with their tokens.
 
 A device's NATS user key is derived from the issuer's device secret and the
 device's name (epm_service.natsauth), so its public key is known again at
-revocation without being stored. Revoking means the EPM account JWT listing
-every revoked device user, signed with the operator signing key and pushed
+revocation without being stored; an integrator token's, from the same secret
+and the token id. Revoking means the EPM account JWT listing every revoked
+device and integrator user, signed with the operator signing key and pushed
 to the resolver on ``$SYS.REQ.CLAIMS.UPDATE``; nats-server then closes those
 users' connections and refuses new ones.
 
 The worker keeps the resolver in step with the projection: at start, after
 each revocation, and every ``RESYNC_SECONDS`` it reads the account JWT the
-servers hold and pushes a new one if a revoked device is missing from it (a
-lost resolver directory, a push that failed).
+servers hold and pushes a new one if a revoked user is missing from it (a
+lost resolver directory, a push that failed, a revocation made while
+request-svc was down).
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ def revoked_devices(conn: sqlite3.Connection) -> list[tuple[str, str]]:
         (str(t), str(d))
         for t, d in conn.execute("SELECT tenant, id FROM devices WHERE revoked = 1 ORDER BY id")
     ]
+
+
+def revoked_integrators(conn: sqlite3.Connection) -> list[str]:
+    """Revoked integrator tokens (their ids), and revoked tokens of unknown role (issued
+    before request-svc's store kept tokens: they may be integrators')."""
+    rows = conn.execute(
+        "SELECT id FROM tokens WHERE revoked = 1 AND (role IS NULL OR role = 'integrator')"
+    )
+    return [str(t) for (t,) in rows]
 
 
 class DeviceCredentials:
@@ -85,9 +97,9 @@ class DeviceCredentials:
         if self._sys is not None and not self._sys.is_closed:
             await self._sys.close()
 
-    async def revoke_now(self) -> None:
+    async def revoke_now(self, what: str = "device") -> None:
         """Push the revocations the projection holds; Unavailable if the servers did not
-        take them (the worker keeps trying)."""
+        take them (the worker keeps trying). ``what`` was revoked: for the message."""
         if not self.revokes:
             return
         try:
@@ -95,8 +107,8 @@ class DeviceCredentials:
         except (nats.errors.Error, OSError, TimeoutError, NatsAuthError) as exc:
             self._wake.set()
             raise Unavailable(
-                f"the device is revoked, but NATS did not take the revocation yet ({exc}); "
-                "it is retried in the background, or revoke the device again"
+                f"the {what} is revoked, but NATS did not take the revocation yet ({exc}); "
+                f"it is retried in the background, or revoke the {what} again"
             ) from None
 
     async def _run(self) -> None:
@@ -114,7 +126,9 @@ class DeviceCredentials:
         assert self.issuer is not None
         async with self._lock:
             devices = await self.store.read(revoked_devices)
+            integrators = await self.store.read(revoked_integrators)
             wanted = {self.issuer.device_user(t, d).public for t, d in devices}
+            wanted |= {self.issuer.integrator_user(token).public for token in integrators}
             nc = await self._system()
             held = await self._held_revocations(nc)
             if wanted <= held:

@@ -1,4 +1,5 @@
-"""request-svc's projection: enrollment tokens, devices, requests and their history.
+"""request-svc's projection: enrollment tokens, devices, requests and their history, and
+which bearer tokens are revoked (an integrator's NATS user goes with its token).
 
 One SQLite file, one checkpoint. Decisions reach devices through the outbox:
 the handler of Approved/Denied/RequestExpired enqueues the device message in
@@ -31,6 +32,8 @@ from epm_events.catalog import (
     RequestCreated,
     RequestExpired,
     TenantCreated,
+    TokenIssued,
+    TokenRevoked,
 )
 from epm_events.ids import derived_event_id
 from epm_events.subjects import device_subject
@@ -84,6 +87,12 @@ CREATE TABLE IF NOT EXISTS issued_codes (
     code_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, key_version INTEGER NOT NULL,
     counter INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- bearer tokens (the gateway's TokenIssued/TokenRevoked): a revoked integrator's NATS user
+-- is revoked with it (epm_request.nats_credentials). role NULL: revoked, issued before this
+-- table was (an older store), so it may be an integrator's
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, role TEXT, revoked INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS request_history (
     request_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, time TEXT NOT NULL,
     data TEXT NOT NULL, PRIMARY KEY (request_id, seq)
@@ -104,6 +113,8 @@ class RequestStore(Projection):
             EnrollmentTokenUsed: on_enrollment_token_used,
             DeviceEnrolled: on_device_enrolled,
             DeviceRevoked: on_device_revoked,
+            TokenIssued: on_token_issued,
+            TokenRevoked: on_token_revoked,
         }
         for cls in REQUEST_EVENTS:
             table[cls] = on_request_event
@@ -159,6 +170,21 @@ def on_device_enrolled(conn: sqlite3.Connection, e: DeviceEnrolled, at: Applied)
 
 def on_device_revoked(conn: sqlite3.Connection, e: DeviceRevoked, at: Applied) -> None:
     conn.execute("UPDATE devices SET revoked = 1, last_seq = ? WHERE id = ?", (at.seq, e.device_id))
+
+
+def on_token_issued(conn: sqlite3.Connection, e: TokenIssued, at: Applied) -> None:
+    conn.execute(
+        "INSERT INTO tokens (id, role) VALUES (?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET role = excluded.role",
+        (e.token_id, e.role),
+    )
+
+
+def on_token_revoked(conn: sqlite3.Connection, e: TokenRevoked, at: Applied) -> None:
+    conn.execute(
+        "INSERT INTO tokens (id, revoked) VALUES (?, 1) ON CONFLICT (id) DO UPDATE SET revoked = 1",
+        (e.token_id,),
+    )
 
 
 def on_offline_record(conn: sqlite3.Connection, e: OfflineRecord, at: Applied) -> None:

@@ -57,7 +57,7 @@ def revoke(
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Revoke a token: it stops working at once.
+    """Revoke a token: it stops working at once (an integrator's NATS credentials too).
 
     Example: epm token revoke tok_0123
     """
