@@ -362,6 +362,41 @@ async def test_an_upload_cut_by_a_lost_connection_resumes_without_loss_or_duplic
     await exactly_once(bus, device_of(agent), range(1, 701))
 
 
+async def test_a_record_whose_publish_is_never_acknowledged_does_not_stall_the_device(
+    bus: Bus,
+    settings: Settings,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-py never fails the future of a publish lost with a killed server (found by the
+    fault suite: a device's replays stopped for good when nats-server was killed mid-replay).
+    The replay gives up after PUBLISH_ACK_TIMEOUT, the batch comes again, and the device's
+    records are each in the stream once; its next upload goes through too."""
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    monkeypatch.setattr("epm_request.replay.PUBLISH_ACK_TIMEOUT", 0.5)
+    js = services.running[0].ctx.bus.js
+    real_publish_async = js.publish_async
+    lost: list[str] = []
+
+    async def lossy(subject: str, payload: bytes = b"", **kw: Any) -> asyncio.Future[Any]:
+        if subject.startswith("epm.evt.acme.device.") and not lost:
+            lost.append(subject)  # never sent, never acknowledged
+            return asyncio.get_running_loop().create_future()
+        return await real_publish_async(subject, payload, **kw)
+
+    monkeypatch.setattr(js, "publish_async", lossy)
+    write_elevations(agent, 10)
+    async with agent:
+        first = await agent.sync(wait_seconds=20)
+        assert lost and first.pending == 0 and first.confirmed == 10
+        write_elevations(agent, 5)
+        second = await agent.sync(wait_seconds=20)
+        assert second.pending == 0 and second.confirmed == 15
+    await exactly_once(bus, device_of(agent), range(1, 16))
+    assert await alerts(bus) == []
+
+
 # --- alerts: the rest of the batch still goes through --------------------------------------
 
 

@@ -22,6 +22,7 @@ own alert aggregate), so a crash in between raises nothing twice and loses nothi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CATCH_UP_TIMEOUT = 30.0
+PUBLISH_ACK_TIMEOUT = 10.0
+"""How long an appended record may wait for EPM_EVENTS' acknowledgement."""
 
 
 class EarlierUploadPending(Exception):
@@ -208,8 +211,17 @@ class OfflineReplay:
                     subject_of[record.NAME], payload, headers={MSG_ID: msg_id}
                 )
             )
-        for fut in futures:
-            last_seq = max(last_seq, (await fut).seq)
+        try:
+            for fut in futures:
+                # bounded: nats-py never fails the future of a publish lost with its server
+                # (killed, say); without a bound this batch, and every later message of the
+                # device (handled in order), would wait forever. A timeout is a transient
+                # failure: the batch is redelivered, and the records already in are duplicates.
+                last_seq = max(last_seq, (await asyncio.wait_for(fut, PUBLISH_ACK_TIMEOUT)).seq)
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()  # frees its slot among the connection's pending publishes
         self._appended[device] = last_seq
 
     def _encode(
