@@ -161,3 +161,36 @@ async def test_projector_locked_out_of_its_file_keeps_the_loop_running_and_appli
         assert worst < 0.5, f"the event loop stalled {worst:.2f}s behind a locked file"
     finally:
         await p.stop()
+
+
+class TenantsOnly(AppliedLog):
+    only_handled = True
+
+
+async def test_projection_of_a_few_kinds_gets_only_those_and_still_answers_wait_for_any_seq(
+    bus: Bus, tmp_path: Path
+) -> None:
+    from epm_events.catalog import TenantKeyCreated
+
+    pub = EventPublisher(bus.js, "/epm/test")
+    seqs = await publish(bus, tenants(3))
+    others = await pub.publish(
+        [
+            pub.envelope(
+                TenantKeyCreated(tenant_id=f"t{i}", key_version=1, ciphertext="x"), f"t{i}"
+            )
+            for i in range(3)
+        ]
+    )
+    p = Projector(bus.js, TenantsOnly(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        assert p.position == seqs[-1]  # the other kind never arrived
+        # ...yet the projection is as of the stream's last sequence, which is not its kind
+        assert await p.wait_for(others[-1], timeout=5)
+        more = await publish(bus, tenants(2, start=3))
+        assert await p.wait_for(more[-1], timeout=5)
+        assert await applied_count(p) == 5
+    finally:
+        await p.stop()

@@ -42,6 +42,11 @@ def aggregate_filter(tenant: str, aggregate: str, aggregate_id: str) -> str:
     )
 
 
+def event_type_filter(event_name: str) -> str:
+    """Every event of one type, in every tenant: ``epm.evt.*.*.*.<EventName>``."""
+    return f"{EVENTS_PREFIX}.*.*.*.{validate_event_name(event_name)}"
+
+
 def tenant_events_filter(tenant: str) -> str:
     return f"{EVENTS_PREFIX}.{validate_tenant(tenant)}.>"
 

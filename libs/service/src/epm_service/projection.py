@@ -34,7 +34,7 @@ from epm_events.catalog import EVENT_TYPES, Event
 from epm_events.codec import DecodeError, decode, event_of
 from epm_events.envelope import Envelope
 from epm_events.streams import EVENTS
-from epm_events.subjects import ALL_EVENTS
+from epm_events.subjects import ALL_EVENTS, event_type_filter
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -113,6 +113,10 @@ class Projection:
     max_batch: int = 5000
     """Most events per transaction, unless the Projector is given its own; a hot path
     whose commits are costly (the audit trail's random-key index) asks for more."""
+    only_handled: bool = False
+    """Subscribe to the event types in ``handlers()`` only (one filter subject each), so
+    the rest never cross the wire: for a projection that keeps a few kinds out of many
+    (the tenant directory). ``Projector.wait_for`` still answers for any sequence."""
     watched: frozenset[str] = frozenset()
     """Event names whose last committed sequence the Projector keeps in ``last_seq_of``,
     so in-memory caches over the projection know cheaply when to reload."""
@@ -205,6 +209,9 @@ class Projector:
         self._target = 0
         self._last_seq = 0
         self._stopped = False
+        self._filters: list[str] | None = None
+        if projection.only_handled and filter_subject == ALL_EVENTS:
+            self._filters = sorted(event_type_filter(cls.NAME) for cls in projection.handlers())
 
     # --- lifecycle --------------------------------------------------------
 
@@ -220,6 +227,7 @@ class Projector:
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.position + 1,
+            filter_subjects=self._filters,
         )
         self._task = asyncio.create_task(self._drain(), name=f"projector-{self.projection.name}")
         self._task.add_done_callback(self._on_drain_done)
@@ -301,17 +309,46 @@ class Projector:
         return self._caught_up.is_set()
 
     async def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
-        """Until the projection has applied stream sequence ``seq`` (read-your-writes)."""
+        """Until the projection has applied stream sequence ``seq`` (read-your-writes).
+
+        ``seq`` must be in the stream already (an append's ack, a stream's last sequence).
+        A filtered projection may never see that very sequence (not its kind of event):
+        it is as of ``seq`` once its consumer has nothing pending and all it was given is
+        applied."""
         if self.position >= seq:
             return True
-        async with self._advanced:
-            try:
-                await asyncio.wait_for(
-                    self._advanced.wait_for(lambda: self.position >= seq), timeout
-                )
-            except TimeoutError:
+        if self._filters is None:
+            async with self._advanced:
+                try:
+                    await asyncio.wait_for(
+                        self._advanced.wait_for(lambda: self.position >= seq), timeout
+                    )
+                except TimeoutError:
+                    return False
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.position < seq:
+            if await self._all_applied():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return False
+            async with self._advanced:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
         return True
+
+    async def _all_applied(self) -> bool:
+        """Every message the stream holds for this consumer now is applied."""
+        if self._sub is None or self._buf or self._has_msgs.is_set():
+            return False
+        try:
+            cinfo = await self._sub.consumer_info()
+        except Exception:
+            return False
+        delivered = cinfo.delivered.stream_seq if cinfo.delivered else 0
+        return not cinfo.num_pending and not self._buf and self.position >= (delivered or 0)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a query on a read connection off the event loop."""

@@ -16,6 +16,7 @@ from epm_service.projection import Applied, Handler, Projection
 
 class TenantDirectory(Projection):
     name = "tenants"
+    only_handled = True
     schema = """
     CREATE TABLE IF NOT EXISTS tenants (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, created_by TEXT NOT NULL,

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 class OfflineView(Projection):
     name = "offline"
+    only_handled = True
     schema = (
         """
     CREATE TABLE IF NOT EXISTS tenant_keys (

@@ -23,6 +23,7 @@ from epm_gateway.domain import hashes_match
 
 class Directory(Projection):
     name = "directory"
+    only_handled = True
     schema = (
         TenantDirectory.schema
         + """
