@@ -25,6 +25,7 @@ from typing import TypeVar
 from nats.js import JetStreamContext
 
 from epm_service.projection import Projector
+from epm_service.publisher import gather_acks
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class OutboxRelay:
             hdrs = orjson.loads(headers) if headers else {}
             hdrs["Nats-Msg-Id"] = msg_id
             futures.append(await self.js.publish_async(subject, payload, headers=hdrs))
-        await asyncio.gather(*futures)
+        await gather_acks(futures)  # a TimeoutError: the rows stay, relayed again
         last = rows[-1][0]
 
         def delete(conn: sqlite3.Connection) -> None:

@@ -12,12 +12,32 @@ from epm_events.envelope import Envelope, new_envelope, subject_of
 from epm_events.streams import EVENTS
 from epm_events.subjects import aggregate_filter
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 WRONG_LAST_SEQUENCE = 10071
+
+
+PUBLISH_ACK_TIMEOUT = 10.0
+"""How long a publish_async may wait for the stream's acknowledgement. nats-py never fails
+a publish lost with a killed server: without a bound its awaiter would wait forever."""
+
+
+async def gather_acks(
+    futures: Sequence[asyncio.Future[PubAck]], timeout: float = PUBLISH_ACK_TIMEOUT
+) -> list[PubAck]:
+    """The acknowledgements of publish_async futures, in order, or TimeoutError (and the
+    unfinished ones cancelled, freeing their slots among the connection's pending
+    publishes). A timeout is transient: publish again with the same Nats-Msg-Ids."""
+    try:
+        return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+    finally:
+        for fut in futures:
+            if not fut.done():
+                fut.cancel()
 
 
 class ConcurrencyConflict(Exception):
@@ -88,15 +108,15 @@ class EventPublisher:
     async def publish(self, envelopes: Sequence[Envelope], window: int = 5000) -> list[int]:
         """Publish many envelopes with publish_async; returns their stream sequences in order."""
         seqs: list[int] = []
-        futures: list[asyncio.Future] = []  # type: ignore[type-arg]
+        futures: list[asyncio.Future[PubAck]] = []
         for env in envelopes:
             fut = await self.js.publish_async(
                 subject_of(env), encode(env), headers={MSG_ID: env.id}
             )
             futures.append(fut)
             if len(futures) >= window:
-                seqs.extend(a.seq for a in await asyncio.gather(*futures))
+                seqs.extend(a.seq for a in await gather_acks(futures))
                 futures = []
         if futures:
-            seqs.extend(a.seq for a in await asyncio.gather(*futures))
+            seqs.extend(a.seq for a in await gather_acks(futures))
         return seqs
