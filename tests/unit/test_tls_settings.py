@@ -1,5 +1,5 @@
-"""EPM_NATS_TLS_* and EPM_HTTP_TLS_*: what a process builds from them, and the errors an
-operator sees when a file is missing or wrong (epm_service.tls)."""
+"""EPM_NATS_TLS_*, EPM_HTTP_TLS_* and EPM_PUBLIC_NATS_CA: what a process builds from them,
+and the errors an operator sees when a file is missing or wrong (epm_service.tls)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 from epm_service.settings import Settings
-from epm_service.tls import TlsSettingsError, https_files, nats_client_context
+from epm_service.tls import (
+    TlsSettingsError,
+    https_files,
+    nats_client_context,
+    only_ca_context,
+    public_nats_ca,
+)
 
 from tests.certificates import TlsFiles, issue_tls_files
 
@@ -63,6 +69,25 @@ def test_a_missing_ca_file_names_the_setting(tmp_path: Path) -> None:
 def test_a_ca_file_that_is_not_a_certificate_is_refused(files: TlsFiles) -> None:
     with pytest.raises(TlsSettingsError, match=r"EPM_NATS_TLS_CA=.* holds no PEM CA certificate"):
         nats_client_context(Settings(nats_tls_ca=files.key))
+
+
+def test_the_ca_handed_to_agents_is_read_and_checked(
+    files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert public_nats_ca(Settings()) is None
+    monkeypatch.setenv("EPM_PUBLIC_NATS_CA", str(files.ca))
+    pem = public_nats_ca(Settings())
+    assert pem == files.ca.read_text()
+    (ca,) = only_ca_context(pem).get_ca_certs()
+    assert (("commonName", "EPM test CA"),) in ca["subject"]
+
+    missing = tmp_path / "absent.crt"
+    with pytest.raises(TlsSettingsError, match=re.escape(f"EPM_PUBLIC_NATS_CA={missing}: cannot")):
+        public_nats_ca(Settings(public_nats_ca=missing))
+    with pytest.raises(
+        TlsSettingsError, match=r"EPM_PUBLIC_NATS_CA=.* holds no PEM CA certificate"
+    ):
+        public_nats_ca(Settings(public_nats_ca=files.key))
 
 
 def test_a_certificate_without_its_key_is_refused(files: TlsFiles) -> None:

@@ -4,7 +4,7 @@
 - ``state``: the state dir (SQLite + the 0600 device key).
 - ``device_key``: the device's Ed25519 key; ``private_file``: 0600 files for secrets.
 - ``elevation``: the signed ElevationRequested message.
-- ``enrollment``: the HTTP enrollment call.
+- ``enrollment``: the HTTP enrollment call; ``nats_tls``: the NATS CA in the state dir.
 - ``device_channel``: reading decisions, policy, key updates and lockout lifts from EPM_DEVICE.
 - ``offline``: offline codes (request codes, responses, access codes), with the pure
   ``challenges``, ``access_codes``, ``lockout`` and ``offline_log`` and their tables in

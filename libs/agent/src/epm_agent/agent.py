@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from epm_agent.elevation import SignedMessage, describe_app, elevation_message
 from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.nats_tls import check_ca, read_ca_file, save_ca, stored_context, untrusted
 from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled
 from epm_agent.offline_log import LogRecord
 from epm_agent.offline_state import OfflineState
@@ -164,8 +166,16 @@ class Agent:
     # --- enrollment ------------------------------------------------------
 
     async def enroll(
-        self, url: str, enrollment_token: str, hostname: str | None = None
+        self,
+        url: str,
+        enrollment_token: str,
+        hostname: str | None = None,
+        *,
+        nats_ca: Path | None = None,
     ) -> Identity:
+        """Enroll this state dir. ``nats_ca``: a PEM file with the CA to trust for NATS
+        (kept in the state dir, epm_agent.nats_tls); without it, the CA the server hands
+        out (``nats.ca`` in the answer), if any."""
         state = self._state(create=True)
         existing = state.identity()
         if existing is not None:
@@ -175,6 +185,8 @@ class Agent:
             )
         if self.offline:
             raise ServerUnreachable("enrollment needs the server; run it without --offline")
+        # checked before the one-time token is spent
+        given_ca = read_ca_file(nats_ca) if nats_ca is not None else None
         key = DeviceKey.generate()
         sealing = EncryptionKey.generate()
         hostname = hostname or socket.gethostname()
@@ -190,8 +202,18 @@ class Agent:
                 f"the server gave an unusable inbox prefix {answer.inbox_prefix!r}; "
                 "report this to the EPM operator"
             )
+        ca = given_ca or answer.nats.ca
+        if given_ca is None and answer.nats.ca is not None:
+            try:
+                check_ca(answer.nats.ca, f"the NATS CA the server at {url} handed out")
+            except AgentError as exc:
+                raise AgentError(
+                    f"{exc}. The enrollment token is used up: report this to the EPM operator "
+                    "(EPM_PUBLIC_NATS_CA), or enroll with a new token and --nats-ca FILE"
+                ) from None
         key.save(state.key_path)
         sealing.save(state.encryption_key_path)
+        save_ca(state.nats_ca_path, ca)
         creds_file = None
         if answer.nats.creds:
             write_private_file(state.creds_path, answer.nats.creds.encode())
@@ -574,6 +596,7 @@ class Agent:
             return self._bus
         await self.disconnect()
         state = self._state()
+        tls = stored_context(state.nats_ca_path)
         # model_construct: these four values are the whole configuration of an agent's
         # connection; reading the environment for the rest costs ~15 ms per connect
         settings = Settings.model_construct(
@@ -601,9 +624,12 @@ class Agent:
             disconnected_cb=quiet,
             reconnected_cb=quiet,
             closed_cb=quiet,
+            **({"tls": tls} if tls is not None else {}),
         )
         try:
             self._bus = await asyncio.wait_for(connecting, 3 * self.connect_timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise untrusted(identity.nats_url, state.nats_ca_path, exc) from None
         except (TimeoutError, nats.errors.Error, OSError):
             return None
         return self._bus

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import orjson
 from epm_agent.agent import Agent, AgentStatus, RequestOutcome
 from epm_agent.clock import clock_from_env
 from epm_agent.errors import AgentError, NotImplementedYet
+from epm_agent.nats_tls import NATS_CA_ENV
 from epm_agent.offline import CodeRefused, Granted
 from epm_agent.simulate import ProgressBar, simulate
 from epm_agent.state import STATE_DIR_ENV, default_state_dir
@@ -30,6 +32,7 @@ EXIT_USAGE = 2
 EXAMPLES = f"""\
 examples:
   epm-agent enroll --url http://127.0.0.1:8080 --enrollment-token TOKEN
+  epm-agent enroll --url https://epm.example.com --enrollment-token TOKEN --nats-ca ca.crt
   epm-agent request --exe /usr/bin/tool --user alice --reason "install the printer driver"
   epm-agent request --exe 'C:\\Tools\\setup.exe' --sha256 HASH --publisher "Acme" \\
       --app-name "Acme Setup" --user alice --reason "update" --wait 60
@@ -43,6 +46,12 @@ EPM_AGENT_NOW (tests only) fixes this agent's clock, e.g. 2030-01-02T03:04:05Z.
 
 The state dir defaults to ${STATE_DIR_ENV}, else ~/.epm-agent.
 """
+
+NATS_CA_HELP = (
+    "PEM file of the CA that signed the NATS servers' certificate (a private CA): kept in "
+    "the state dir and trusted instead of the system's CAs by every later command "
+    f"(default ${NATS_CA_ENV}; else the CA the server hands out at enrollment, if any)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--enrollment-token", required=True, help="from 'epm enrollment-token create'"
     )
     enroll.add_argument("--hostname", help="the name the help desk sees (default: this host's)")
+    enroll.add_argument("--nats-ca", type=Path, metavar="FILE", help=NATS_CA_HELP)
     enroll.set_defaults(run=_enroll)
 
     request = command(
@@ -243,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--events", type=int, required=True, help="codes redeemed (and elevations) per device"
     )
+    simulate.add_argument("--nats-ca", type=Path, metavar="FILE", help=NATS_CA_HELP)
     simulate.set_defaults(run=_simulate)
     return parser
 
@@ -253,7 +264,9 @@ Runner = Callable[[Agent, argparse.Namespace], Awaitable[tuple[dict[str, Any], s
 
 
 async def _enroll(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    identity = await agent.enroll(args.url, args.enrollment_token, args.hostname)
+    identity = await agent.enroll(
+        args.url, args.enrollment_token, args.hostname, nats_ca=_nats_ca(args)
+    )
     human = (
         f"Enrolled as device {identity.device_id} of tenant {identity.tenant}.\n"
         f"State: {agent.state.path}"
@@ -333,13 +346,27 @@ async def _sync(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any],
 async def _simulate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     bar = None if getattr(args, "json", False) else ProgressBar()
     result = await simulate(
-        args.url, args.token, args.tenant, args.devices, args.events, progress=bar
+        args.url,
+        args.token,
+        args.tenant,
+        args.devices,
+        args.events,
+        progress=bar,
+        nats_ca=_nats_ca(args),
     )
     human = (
         f"{result.devices} devices replayed {result.records} offline records in "
         f"{result.seconds:.2f}s: {result.sent} sent, {result.confirmed} confirmed."
     )
     return result.as_json(), human
+
+
+def _nats_ca(args: argparse.Namespace) -> Path | None:
+    """--nats-ca, else $EPM_AGENT_NATS_CA (empty: none)."""
+    if args.nats_ca is not None:
+        return Path(args.nats_ca)
+    env = os.environ.get(NATS_CA_ENV)
+    return Path(env).expanduser() if env else None
 
 
 def _describe_grant(granted: Granted) -> str:

@@ -36,6 +36,7 @@ class NatsAccess(BaseModel):
     user: str | None = None
     password: str | None = None
     creds: str | None = None
+    ca: str | None = None  # PEM: the CA to trust for NATS, when the operator hands one out
 
 
 class EnrollmentAnswer(BaseModel):

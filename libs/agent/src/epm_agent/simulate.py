@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from epm_agent.agent import Agent, SyncResult
 from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.nats_tls import read_ca_file
 
 T = TypeVar("T")
 
@@ -94,16 +95,23 @@ async def simulate(
     *,
     state_root: Path | None = None,
     progress: Progress | None = None,
+    nats_ca: Path | None = None,
 ) -> FleetResult:
+    """``nats_ca``: the CA every simulated agent trusts for NATS (``enroll --nats-ca``)."""
     if devices < 1 or events < 0:
         raise AgentError("--devices must be at least 1 and --events at least 0")
+    if nats_ca is not None:
+        read_ca_file(nats_ca)  # a bad file: one clear error before anything is created
     report = progress or (lambda phase, done, total: None)
     api = HttpApi(url, token)
     with tempfile.TemporaryDirectory(prefix="epm-simulate-", dir=state_root) as tmp:
         agents = [Agent(Path(tmp) / f"device-{i:05d}") for i in range(devices)]
         try:
             await _bounded(
-                [partial(_prepare, api, tenant, a, i, events) for i, a in enumerate(agents)],
+                [
+                    partial(_prepare, api, tenant, a, i, events, nats_ca)
+                    for i, a in enumerate(agents)
+                ],
                 lambda done: report("offline", done, devices),
             )
             records = sum(a.offline_access().tables.upload_counts()[0] for a in agents)
@@ -134,10 +142,14 @@ async def simulate(
     )
 
 
-async def _prepare(api: HttpApi, tenant: str, agent: Agent, i: int, events: int) -> None:
+async def _prepare(
+    api: HttpApi, tenant: str, agent: Agent, i: int, events: int, nats_ca: Path | None
+) -> None:
     """Enroll, fetch ``events`` codes while online, go offline, redeem them all."""
     enrollment = await api.post(f"/v1/tenants/{tenant}/enrollment-tokens", {})
-    identity = await agent.enroll(api.url, enrollment["token"], hostname=f"sim-{i:05d}")
+    identity = await agent.enroll(
+        api.url, enrollment["token"], hostname=f"sim-{i:05d}", nats_ca=nats_ca
+    )
     codes: list[str] = []
     while len(codes) < events:
         count = min(MAX_CODES_PER_CALL, events - len(codes))

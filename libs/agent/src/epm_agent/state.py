@@ -11,6 +11,8 @@ Layout of ``--state-dir`` (mode 0700):
   offline key material to. The key material itself is kept as it arrived, sealed
   (``device_keys``), and opened only when a code is checked.
 - ``nats.creds`` (0600), when the server hands out per-device NATS credentials.
+- ``nats-ca.pem`` (0600), the CA trusted for NATS instead of the system's when one was
+  given at enrollment (``epm_agent.nats_tls``).
 """
 
 from __future__ import annotations
@@ -224,6 +226,10 @@ class StateDir:
     @property
     def creds_path(self) -> Path:
         return self.path / "nats.creds"
+
+    @property
+    def nats_ca_path(self) -> Path:
+        return self.path / "nats-ca.pem"
 
     def open(self, *, create: bool = True) -> StateDir:
         """Open (and with ``create`` make) the state dir; without it a missing one means

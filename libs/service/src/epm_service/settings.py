@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     nats_creds: str | None = None
     nats_issuer: str | None = None  # epm_service.natsauth.Issuer file: who may sign NATS users
     public_nats_url: str | None = None  # what agents are told to connect to
+    # a PEM CA file request-svc hands agents at enrollment (the answer's nats.ca): they
+    # trust only it for NATS (epm_service.tls.public_nats_ca)
+    public_nats_ca: Path | None = None
     # TLS to NATS (epm_service.tls): the CA that signed the servers' certificate (a tls://
     # EPM_NATS_URL without it trusts the system's CAs), and a client certificate and key
     # for servers that verify clients.

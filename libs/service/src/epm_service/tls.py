@@ -1,16 +1,20 @@
-"""TLS from settings: the NATS client's SSL context and the gateway's HTTPS certificate.
+"""TLS from settings: the NATS client's SSL context, the gateway's HTTPS certificate, and
+the NATS CA request-svc hands agents at enrollment.
 
-Both come from files (on Kubernetes, Secrets mounted into the pod: deploy/README.md,
+They all come from files (on Kubernetes, Secrets mounted into the pod: deploy/README.md,
 "TLS"). A file that is missing, unreadable or not what the setting says stops the
 process at start with the setting's name in the message, not at the first handshake.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
 from epm_service.settings import Settings
+
+_SSL_SOURCE = re.compile(r" \(_ssl\.c:\d+\)$")
 
 
 class TlsSettingsError(ValueError):
@@ -30,20 +34,39 @@ def nats_client_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.nats_tls_ca is None:
         context = ssl.create_default_context()
     else:
-        ca = _readable("nats_tls_ca", settings.nats_tls_ca)
-        # only this CA (verifying certificate and host name): the servers' certificate
-        # comes from it, and no public CA may vouch for a NATS server
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            context.load_verify_locations(cafile=str(ca))
-        except ssl.SSLError as exc:
-            raise TlsSettingsError(
-                f"{_env_name('nats_tls_ca')}={ca} holds no PEM CA certificate ({exc.reason}):"
-                " point it at the CA that signed the NATS servers' certificate (ca.crt)"
-            ) from exc
+        # only this CA: the servers' certificate comes from it, and no public CA may vouch
+        # for a NATS server
+        _, context = _ca_file("nats_tls_ca", settings.nats_tls_ca)
     if pair is not None:
         _load_pair(context, "nats_tls_cert", "nats_tls_key", *pair)
     return context
+
+
+def only_ca_context(ca_pem: str) -> ssl.SSLContext:
+    """A client context that trusts only the CA certificate(s) in ``ca_pem`` (PEM text) and
+    checks the server's certificate and host name. ValueError, saying why, when the text
+    holds no PEM certificate. The agent uses it too, for the CA in its state dir."""
+    if not ca_pem.isascii():
+        raise ValueError(
+            "not PEM text: a binary (DER?) file; 'openssl x509 -inform der' converts it"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=ca_pem)
+    except ssl.SSLError as exc:
+        raise ValueError(exc.reason or _SSL_SOURCE.sub("", str(exc.args[-1]))) from exc
+    except ValueError as exc:  # "Empty certificate data"
+        raise ValueError(str(exc)) from exc
+    return context
+
+
+def public_nats_ca(settings: Settings) -> str | None:
+    """``EPM_PUBLIC_NATS_CA``: the PEM text request-svc hands agents at enrollment (the
+    answer's ``nats.ca``), checked to hold a certificate, or None."""
+    if settings.public_nats_ca is None:
+        return None
+    pem, _ = _ca_file("public_nats_ca", settings.public_nats_ca)
+    return pem
 
 
 def https_files(settings: Settings) -> tuple[Path, Path] | None:
@@ -79,6 +102,25 @@ def _readable(field: str, path: Path) -> Path:
             " mount the file there or change the setting"
         ) from exc
     return path
+
+
+def _ca_file(field: str, path: Path) -> tuple[str, ssl.SSLContext]:
+    """The PEM text of a CA file setting and a context that trusts only it."""
+    try:
+        pem = path.read_bytes().decode("ascii", errors="replace")
+    except OSError as exc:
+        raise TlsSettingsError(
+            f"{_env_name(field)}={path}: cannot read it ({exc.strerror});"
+            " mount the file there or change the setting"
+        ) from exc
+    try:
+        context = only_ca_context(pem)
+    except ValueError as exc:
+        raise TlsSettingsError(
+            f"{_env_name(field)}={path} holds no PEM CA certificate ({exc}):"
+            " point it at the CA that signed the NATS servers' certificate (ca.crt)"
+        ) from exc
+    return pem, context
 
 
 def _load_pair(

@@ -30,7 +30,7 @@ from epm_service.errors import Unavailable
 from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jwt
 from epm_service.projection import Projector
 from epm_service.settings import Settings
-from epm_service.tls import nats_client_context
+from epm_service.tls import nats_client_context, public_nats_ca
 from nats.aio.client import Client, RawCredentials
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class DeviceCredentials:
         self.settings = settings
         self.store = store
         self.issuer = Issuer.load(settings.nats_issuer) if settings.nats_issuer else None
+        # read and checked at start: a missing or bad EPM_PUBLIC_NATS_CA stops request-svc
+        self.public_ca = public_nats_ca(settings)
         self._sys: Client | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -74,13 +76,15 @@ class DeviceCredentials:
         )
 
     def nats_answer(self, tenant: str, device_id: str) -> dict[str, str | None]:
-        """The enrollment answer's ``nats``: per-device creds when this service issues them."""
+        """The enrollment answer's ``nats``: per-device creds when this service issues them,
+        and the CA agents should trust for NATS (``EPM_PUBLIC_NATS_CA``) if set."""
         settings = self.settings
         return {
             "url": settings.public_nats_url or settings.nats_url,
             "user": None,
             "password": None,
             "creds": self.issuer.device_creds(tenant, device_id) if self.issuer else None,
+            "ca": self.public_ca,
         }
 
     # --- revocation -------------------------------------------------------------
