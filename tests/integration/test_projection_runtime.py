@@ -192,5 +192,7 @@ async def test_projection_of_a_few_kinds_gets_only_those_and_still_answers_wait_
         more = await publish(bus, tenants(2, start=3))
         assert await p.wait_for(more[-1], timeout=5)
         assert await applied_count(p) == 5
+        # a worker following its commits waits for the next one, however quiet the stream
+        assert not await p.wait_past(p.position, timeout=0.3)
     finally:
         await p.stop()

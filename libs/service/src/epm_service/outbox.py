@@ -98,7 +98,7 @@ class OutboxRelay:
     async def _run(self) -> None:
         seen = -1
         while True:
-            await self.projector.wait_for(seen + 1, timeout=1.0)
+            await self.projector.wait_past(seen, timeout=1.0)
             # Under load, gather what a few more batches enqueue: one relay round (query,
             # publish, acks, delete) then carries many messages instead of one.
             await asyncio.sleep(COALESCE_SECONDS)

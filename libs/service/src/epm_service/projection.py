@@ -318,14 +318,7 @@ class Projector:
         if self.position >= seq:
             return True
         if self._filters is None:
-            async with self._advanced:
-                try:
-                    await asyncio.wait_for(
-                        self._advanced.wait_for(lambda: self.position >= seq), timeout
-                    )
-                except TimeoutError:
-                    return False
-            return True
+            return await self.wait_past(seq - 1, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.position < seq:
@@ -337,6 +330,21 @@ class Projector:
             async with self._advanced:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+        return True
+
+    async def wait_past(self, position: int, timeout: float = 5.0) -> bool:
+        """Until the projection commits a batch beyond ``position``: for workers that
+        follow what it applies (an outbox relay, a dispatcher), not for a sequence of the
+        stream (that is ``wait_for``)."""
+        if self.position > position:
+            return True
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(
+                    self._advanced.wait_for(lambda: self.position > position), timeout
+                )
+            except TimeoutError:
+                return False
         return True
 
     async def _all_applied(self) -> bool:

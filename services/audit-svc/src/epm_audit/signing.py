@@ -135,7 +135,7 @@ class Checkpointer:
                 await self.sign_due(started)
             except Exception:
                 log.exception("could not sign audit checkpoints; trying again")
-            await self.trail.wait_for(position + 1, timeout=TICK_SECONDS)
+            await self.trail.wait_past(position, timeout=TICK_SECONDS)
 
     async def sign_due(self, started: float) -> int:
         """Sign every chain that is due now; returns how many were signed."""

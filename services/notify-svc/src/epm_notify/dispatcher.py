@@ -111,7 +111,7 @@ class Dispatcher:
         await self.projector.wait_caught_up()
         while True:
             seen = self.projector.position
-            if await self.projector.wait_for(seen + 1, timeout=5.0):
+            if await self.projector.wait_past(seen, timeout=5.0):
                 self._wake.set()
 
     async def _run(self) -> None:
