@@ -228,6 +228,69 @@ async def test_tenant_decision_creates_a_rule_prefilled_from_the_request(
     assert (answer["status"], answer["rule_id"]) == ("approved", rule_id)
 
 
+async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_once(
+    bus: Bus, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """approval-svc dies after appending a tenant decision and before its RuleCreated: the
+    decision stands, and the rule it names is created from the request's draft (once, by
+    one of the two running replicas)."""
+    import epm_approval.decisions as decisions
+    import epm_approval.owed_rules as owed_rules
+
+    monkeypatch.setattr(owed_rules, "CHECK_SECONDS", 0.2)
+    pub = EventPublisher(bus.js, "/epm/gateway")
+    await pub.append("acme", [TenantCreated(tenant_id="acme", name="acme", created_by="t")], 0)
+    replicas = [await start_service(DEFINITION, settings) for _ in range(2)]
+    try:
+        real_append_rule = decisions.append_rule
+
+        async def dies_here(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("killed between the decision and its rule")
+
+        monkeypatch.setattr(decisions, "append_rule", dies_here)
+        request_id, _ = await open_request(bus)
+        with pytest.raises(CommandError):
+            await ask(
+                bus, "decide", ACME_TECH, request_id=request_id, decision="deny", scope="tenant"
+            )
+        monkeypatch.setattr(decisions, "append_rule", real_append_rule)
+        [_created, denied] = await read_events(
+            bus.js, aggregate_filter("acme", "request", request_id)
+        )
+        assert denied.event.NAME == "Denied"  # the decision stands
+        rule_id = denied.event.rule_id  # type: ignore[attr-defined]
+
+        rules: list[dict[str, Any]] = []
+        for _ in range(100):
+            rules = (await ask(bus, "list_rules", ACME_TECH, tenant="acme"))["items"]
+            if rules:
+                break
+            await asyncio.sleep(0.1)
+        [rule] = rules
+        assert (rule["id"], rule["effect"], rule["source_request_id"]) == (
+            rule_id,
+            "deny",
+            request_id,
+        )
+        assert rule["match"] == {
+            "sha256": SHA_SETUP,
+            "publisher": "Contoso Ltd",
+            "app_name": "Contoso Setup",
+        }
+        await asyncio.sleep(1.0)  # both replicas looked again: still one rule, one event
+        created = [
+            r
+            for r in await read_events(bus.js, aggregate_filter("acme", "rule", rule_id))
+            if r.event.NAME == "RuleCreated"
+        ]
+        assert len(created) == 1
+        answer = await auto_decide(bus, user="dave")
+        assert (answer["status"], answer["rule_id"]) == ("denied", rule_id)
+    finally:
+        for running in replicas:
+            await running.stop()
+
+
 async def test_global_deny_decision_creates_a_rule_for_all_customers(
     bus: Bus, approval: RunningService
 ) -> None:

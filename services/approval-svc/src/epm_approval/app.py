@@ -6,6 +6,9 @@ Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
   RequestCreated, Approved, Denied, RequestExpired -> requests (state + last sequence)
   RuleCreated, RuleDisabled                         -> rules (and, after commit, the RuleIndex)
   Approved with grant_id, GrantConsumed             -> grants
+  a technician's tenant/global Approved/Denied      -> rules_owed, until its RuleCreated
+                                                       (epm_approval.owed_rules creates
+                                                       a rule still owed after 30 s)
 - offline (epm_approval.offline_view.OfflineView), with an outbox to EPM_DEVICE:
   TenantKeyCreated                                  -> tenant_keys (ciphertext only)
   OfflinePolicyChanged                              -> policies; ``policy`` to each device
@@ -51,6 +54,7 @@ from epm_approval.decisions import Decisions
 from epm_approval.device_commands import DeviceCommandServer
 from epm_approval.offline_commands import Offline, OfflineCommands
 from epm_approval.offline_view import OfflineView
+from epm_approval.owed_rules import OwedRules
 from epm_approval.rule_admin import RuleAdmin
 from epm_approval.tenant_keys import TenantKeyring
 from epm_approval.view import ApprovalView
@@ -92,6 +96,7 @@ async def on_start(ctx: ServiceContext) -> None:
     approval = Approval.of(ctx)
     await approval.view.wait_caught_up()
     await approval.rules.sync()
+    await ctx.start_worker(OwedRules(approval))
     offline_view = ctx.projector(OfflineView.name)
     await offline_view.wait_caught_up()
     await ctx.start_worker(OutboxRelay(ctx.bus.js, offline_view))

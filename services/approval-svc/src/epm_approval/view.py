@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from epm_domain.request import Request, evolve
@@ -56,13 +56,17 @@ class ApprovalView(Projection):
         created_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS grants_unused ON grants (tenant, user, sha256, used);
+    CREATE TABLE IF NOT EXISTS rules_owed (
+        rule_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant TEXT NOT NULL,
+        effect TEXT NOT NULL, decided_by TEXT NOT NULL, decision_event_id TEXT NOT NULL
+    );
     """
 
     def handlers(self) -> Mapping[type[Event], Handler]:
         return {
             RequestCreated: on_request_event,
             Approved: on_approved,
-            Denied: on_request_event,
+            Denied: on_denied,
             RequestExpired: on_request_event,
             RuleCreated: on_rule_created,
             RuleDisabled: on_rule_disabled,
@@ -85,6 +89,7 @@ def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
 
 def on_approved(conn: sqlite3.Connection, e: Approved, at: Applied) -> None:
     on_request_event(conn, e, at)
+    owe_rule(conn, e, at)
     if e.grant_id is None:
         return
     found = find_request(conn, e.request_id)
@@ -94,6 +99,50 @@ def on_approved(conn: sqlite3.Connection, e: Approved, at: Applied) -> None:
         "INSERT OR IGNORE INTO grants (id, tenant, user, sha256, created_seq) VALUES (?,?,?,?,?)",
         (e.grant_id, request.tenant, request.user, request.app.sha256, at.seq),
     )
+
+
+def on_denied(conn: sqlite3.Connection, e: Denied, at: Applied) -> None:
+    on_request_event(conn, e, at)
+    owe_rule(conn, e, at)
+
+
+def owe_rule(conn: sqlite3.Connection, e: Approved | Denied, at: Applied) -> None:
+    """A technician's tenant/global decision names the rule appended right after it; until
+    that RuleCreated arrives the rule is owed (epm_approval.owed_rules)."""
+    if e.by.kind != "technician" or e.rule_id is None or e.scope == "once":
+        return
+    conn.execute(
+        "INSERT OR IGNORE INTO rules_owed (rule_id, request_id, tenant, effect, decided_by,"
+        " decision_event_id) SELECT ?,?,?,?,?,? WHERE NOT EXISTS"
+        " (SELECT 1 FROM rules WHERE id = ?)",
+        (
+            e.rule_id,
+            e.request_id,
+            GLOBAL_TENANT if e.scope == "global" else at.env.tenant,
+            "allow" if isinstance(e, Approved) else "deny",
+            e.by.id,
+            at.env.id,
+            e.rule_id,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OwedRule:
+    rule_id: str
+    request_id: str
+    tenant: str
+    effect: Literal["allow", "deny"]
+    decided_by: str
+    decision_event_id: str
+
+
+def owed_rules(conn: sqlite3.Connection) -> list[OwedRule]:
+    rows = conn.execute(
+        "SELECT rule_id, request_id, tenant, effect, decided_by, decision_event_id"
+        " FROM rules_owed ORDER BY rowid"
+    ).fetchall()
+    return [OwedRule(*row) for row in rows]
 
 
 def find_request(conn: sqlite3.Connection, request_id: str) -> tuple[Request, int] | None:
@@ -154,6 +203,7 @@ def _rule_row(row: tuple[Any, ...]) -> RuleRow:
 
 
 def on_rule_created(conn: sqlite3.Connection, e: RuleCreated, at: Applied) -> None:
+    conn.execute("DELETE FROM rules_owed WHERE rule_id = ?", (e.rule_id,))
     conn.execute(
         f"INSERT OR IGNORE INTO rules ({_RULE_COLUMNS}, scope) VALUES (?,?,?,?,?,1,?,?,?,?,?)",
         (

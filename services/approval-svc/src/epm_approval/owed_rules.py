@@ -1,0 +1,87 @@
+"""Rules owed by tenant/global decisions: created if approval-svc died before appending them.
+
+``decide`` appends the decision (naming a new rule id) and then the RuleCreated; the
+two are separate appends to separate aggregates. If the process dies in between, the
+decision stands and its rule would be missing for good. The view keeps every such
+rule as owed (``rules_owed``) until its RuleCreated is applied; this worker looks
+every ``CHECK_SECONDS`` and creates a rule that was already owed at the previous look
+(so a decision being made this very moment, here or on another replica, is left to
+finish). The rule is the request's draft (``rule_draft``: SHA-256, publisher,
+application name; a name or match the technician edited is not in the decision and is
+lost). Its event id is the one ``decide`` would have used, and the rule aggregate must
+not exist yet: of every replica's worker and a late ``decide``, exactly one writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from epm_events.ids import derived_event_id
+from epm_service.publisher import ConcurrencyConflict
+
+from epm_approval.context import Approval
+from epm_approval.decisions import default_rule_name
+from epm_approval.rule_admin import append_rule
+from epm_approval.rules import draft_from_request
+from epm_approval.view import OwedRule, find_request, owed_rules
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 30.0
+
+
+class OwedRules:
+    def __init__(self, approval: Approval, every: float | None = None) -> None:
+        self.a = approval
+        self.every = CHECK_SECONDS if every is None else every
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="owed-rules")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        earlier: set[str] = set()
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                owed = await self.a.view.read(owed_rules)
+                for rule in owed:
+                    if rule.rule_id in earlier:
+                        await self.create(rule)
+                earlier = {r.rule_id for r in owed}
+            except Exception:
+                log.exception("could not create owed rules; trying again")
+
+    async def create(self, owed: OwedRule) -> None:
+        found = await self.a.view.read(lambda c: find_request(c, owed.request_id))
+        if found is None:  # pragma: no cover - the decision was applied after its request
+            return
+        request = found[0]
+        try:
+            await append_rule(
+                self.a,
+                tenant=owed.tenant,
+                rule_id=owed.rule_id,
+                name=default_rule_name(request),
+                effect=owed.effect,
+                match=draft_from_request(request.app),
+                created_by=owed.decided_by,
+                source_request_id=request.id,
+                event_id=derived_event_id(owed.decision_event_id, "RuleCreated"),
+                wait=False,
+            )
+        except ConcurrencyConflict:
+            return  # created meanwhile (another replica, or the decision's own append)
+        log.warning(
+            "created the rule a decision was owed (approval-svc stopped between the two)",
+            extra={"tenant": owed.tenant, "request_id": request.id, "rule_id": owed.rule_id},
+        )
