@@ -19,3 +19,9 @@ DEAD_LETTERS = Counter("epm_dead_letters_total", "Messages dead-lettered", ["ser
 RPC_SECONDS = Histogram(
     "epm_rpc_seconds", "Command handling time", ["service", "command", "outcome"]
 )
+LOOP_LAG_SECONDS = Histogram(
+    "epm_event_loop_lag_seconds",
+    "How late the event loop ran a timer: time it spent on one thing without yielding",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

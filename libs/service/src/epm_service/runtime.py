@@ -23,6 +23,7 @@ from epm_events.streams import ALL_STREAMS
 from epm_service.bus import Bus, connect
 from epm_service.health import HealthServer
 from epm_service.jsonlog import setup_logging
+from epm_service.metrics import LOOP_LAG_SECONDS
 from epm_service.natsauth import service_inbox_prefix
 from epm_service.projection import Projection, Projector
 from epm_service.publisher import EventPublisher
@@ -129,6 +130,7 @@ async def run_service(defn: ServiceDefinition, settings: Settings | None = None)
     tune_gc()  # before start-up too: a projection rebuilt there is the heaviest work of all
     running = await start_service(defn, settings)
     tune_gc()
+    lag = asyncio.create_task(watch_loop_lag(defn.name), name="loop-lag")
     health = HealthServer(settings.http_host, settings.health_port, running.ready)
     port = await health.start()
     log.info("service started", extra={"health_port": port, "nats_url": settings.nats_url})
@@ -137,11 +139,30 @@ async def run_service(defn: ServiceDefinition, settings: Settings | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    lag.cancel()
     log.info("stopping")
     await health.stop()
     with contextlib.suppress(Exception):
         await running.stop()
     log.info("stopped")
+
+
+LOOP_LAG_TICK = 0.05
+LOOP_STALL_WARNING = 0.1
+
+
+async def watch_loop_lag(service: str) -> None:
+    """Measure how late a 50 ms timer fires (``epm_event_loop_lag_seconds``): the time the
+    loop spent on something that did not yield. A stall over 100 ms is logged."""
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG_SECONDS.labels(service).observe
+    while True:
+        due = loop.time() + LOOP_LAG_TICK
+        await asyncio.sleep(LOOP_LAG_TICK)
+        late = max(loop.time() - due, 0.0)
+        observe(late)
+        if late > LOOP_STALL_WARNING:
+            log.warning("event loop stalled", extra={"ms": round(late * 1000)})
 
 
 GC_GEN0_THRESHOLD = 10_000
