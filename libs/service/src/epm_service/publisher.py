@@ -1,19 +1,24 @@
-"""Publishing domain events: bulk with publish_async, commands with optimistic concurrency."""
+"""Publishing domain events: bulk with publish_async or a BulkPublisher set, commands with
+optimistic concurrency."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import orjson
 from epm_events.catalog import Event
 from epm_events.codec import encode
 from epm_events.envelope import Envelope, new_envelope, subject_of
 from epm_events.streams import EVENTS
 from epm_events.subjects import aggregate_filter
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError
+from nats.js.api import Header, PubAck
+from nats.js.errors import APIError, NoStreamResponseError
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -120,3 +125,95 @@ class EventPublisher:
         if futures:
             seqs.extend(a.seq for a in await gather_acks(futures))
         return seqs
+
+
+class Stored(NamedTuple):
+    """JetStream's acknowledgement of one message of a ``BulkPublisher`` set."""
+
+    seq: int
+    duplicate: bool
+
+
+class _AckSet:
+    __slots__ = ("done", "left", "stored")
+
+    def __init__(self, size: int, done: asyncio.Future[list[Stored]]) -> None:
+        self.stored: list[Stored | None] = [None] * size
+        self.left = size
+        self.done = done
+
+
+class BulkPublisher:
+    """Publishes a set of messages to JetStream and awaits their acknowledgements as one.
+
+    ``publish_async`` keeps, per message, a future, a done-callback and a slot of the
+    connection's pending-publish semaphore, and its caller a timeout per future; for a
+    handler that publishes a hundred events and must know them all stored before it
+    answers (a replayed offline log), that bookkeeping costs more than the publish, and
+    a thousand such handlers at once queue on the semaphore. Here the messages of a set
+    share one future; acknowledgements arrive on one reply subscription per publisher,
+    each reply subject naming its set and its message.
+
+    The set is stored, or ``publish`` raises: the first refusal (``APIError``), no stream
+    (``NoStreamResponseError``), or ``TimeoutError`` if acknowledgements stop coming (a
+    lost connection or server: nats-py never fails those). Then some messages may be
+    stored and others not; publish the set again (``Nats-Msg-Id`` makes that idempotent).
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._inbox = ""
+        self._sub: Any = None
+        self._sets: dict[str, _AckSet] = {}
+        self._next = 0
+
+    async def publish(
+        self,
+        messages: Sequence[tuple[str, bytes, dict[str, str]]],
+        timeout: float = PUBLISH_ACK_TIMEOUT,
+    ) -> list[Stored]:
+        """``(subject, payload, headers)`` each; their acknowledgements, in order."""
+        if not messages:
+            return []
+        if self._sub is None:
+            self._inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
+        self._next += 1
+        token = str(self._next)
+        acks = _AckSet(len(messages), asyncio.get_running_loop().create_future())
+        self._sets[token] = acks
+        reply = f"{self._inbox}.{token}."
+        publish = self.nc.publish
+        try:
+            for i, (subject, payload, headers) in enumerate(messages):
+                await publish(subject, payload, reply=f"{reply}{i}", headers=headers)
+            return await asyncio.wait_for(acks.done, timeout)
+        finally:
+            del self._sets[token]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        rest, _, index = msg.subject.rpartition(".")
+        acks = self._sets.get(rest[rest.rfind(".") + 1 :])
+        if acks is None or acks.done.done():
+            return  # a set given up on (timed out, or failed on an earlier message)
+        if msg.headers and msg.headers.get(Header.STATUS) == "503":
+            acks.done.set_exception(NoStreamResponseError())
+            return
+        try:
+            resp = orjson.loads(msg.data)
+            error = resp.get("error")
+            if error:
+                APIError.from_error(error)  # raises the matching APIError subclass
+                raise APIError(**error)
+            i = int(index)
+            if acks.stored[i] is None:
+                acks.left -= 1
+            acks.stored[i] = Stored(resp["seq"], bool(resp.get("duplicate")))
+        except APIError as exc:
+            acks.done.set_exception(exc)
+            return
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            acks.done.set_exception(APIError(description=f"unreadable publish ack: {exc!r}"))
+            return
+        if not acks.left:
+            acks.done.set_result(acks.stored)  # type: ignore[arg-type]  # every slot is set

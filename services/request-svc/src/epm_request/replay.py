@@ -13,16 +13,16 @@ How "exactly once" holds (docs/internal-contracts.md, "Offline log replay"):
   comes back a duplicate); the replay then waits until its projection has everything the
   stream holds and decides again. Once it succeeds, the projection was complete for this
   device, so none of the new records exists yet;
-- the rest follow at once with publish_async (no round trip each): a copy published
-  concurrently by another replica carries the same ids and lands within JetStream's
-  duplicate window (seconds apart, the window is minutes), so one of the two is dropped.
+- the rest follow at once, pipelined (``BulkPublisher``: no round trip each, their
+  acknowledgements awaited together): a copy published concurrently by another replica
+  carries the same ids and lands within JetStream's duplicate window (seconds apart, the
+  window is minutes), so one of the two is dropped.
 Alerts are raised before the records are appended, each once (expected sequence 0 on its
 own alert aggregate), so a crash in between raises nothing twice and loses nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -44,6 +44,7 @@ from epm_service.publisher import (
     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     MSG_ID,
     WRONG_LAST_SEQUENCE,
+    BulkPublisher,
     ConcurrencyConflict,
 )
 from epm_service.runtime import ServiceContext
@@ -79,6 +80,7 @@ class OfflineReplay:
         self.store = projector
         self.source = service_source(ctx.name)
         self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
+        self.bulk = BulkPublisher(ctx.bus.nc)
 
     async def replay(
         self,
@@ -101,11 +103,14 @@ class OfflineReplay:
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
         refs, code_hashes = redeemed_refs(device, batch)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            last, agg_seq, hashes = await self.store.read(
+            # Indexed lookups bounded by the batch size (at most 200 records): on the loop
+            # (read_now). Through the reader threads, each read waits for the GIL behind a
+            # loop that a storm keeps busy (milliseconds a hop), and the batches queue there.
+            last, agg_seq, hashes = self.store.read_now(
                 lambda c: store.device_log_state(c, device, batch.first_seq, batch.last_seq)
             )
-            redemptions = await self.store.read(lambda c: store.code_redemptions(c, refs))
-            issued = await self.store.read(lambda c: store.issued_to(c, code_hashes))
+            redemptions = self.store.read_now(lambda c: store.code_redemptions(c, refs))
+            issued = self.store.read_now(lambda c: store.issued_to(c, code_hashes))
             verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
             if (
                 earlier_pending is not None
@@ -201,28 +206,18 @@ class OfflineReplay:
             raise
         if ack.duplicate:  # published already, after what our projection knows
             raise ConcurrencyConflict(f"device {device}", agg_seq)
-        last_seq = ack.seq
-        futures = []
         received_at = received.isoformat()
+        messages = []
         for record, data in rest:
             payload, msg_id = self._encode(tenant, device, record, data, received_at)
-            futures.append(
-                await self.js.publish_async(
-                    subject_of[record.NAME], payload, headers={MSG_ID: msg_id}
-                )
-            )
-        try:
-            for fut in futures:
-                # bounded: nats-py never fails the future of a publish lost with its server
-                # (killed, say); without a bound this batch, and every later message of the
-                # device (handled in order), would wait forever. A timeout is a transient
-                # failure: the batch is redelivered, and the records already in are duplicates.
-                last_seq = max(last_seq, (await asyncio.wait_for(fut, PUBLISH_ACK_TIMEOUT)).seq)
-        finally:
-            for fut in futures:
-                if not fut.done():
-                    fut.cancel()  # frees its slot among the connection's pending publishes
-        self._appended[device] = last_seq
+            messages.append((subject_of[record.NAME], payload, {MSG_ID: msg_id}))
+        # One set, one wait (BulkPublisher: no future, callback and semaphore slot per
+        # record). Bounded: nats-py never fails a publish lost with its server (killed,
+        # say); without a bound this batch, and every later message of the device (handled
+        # in order), would wait forever. A timeout is a transient failure: the batch is
+        # redelivered, and the records already in are duplicates.
+        stored = await self.bulk.publish(messages, PUBLISH_ACK_TIMEOUT)
+        self._appended[device] = max([ack.seq, *(s.seq for s in stored)])
 
     def _encode(
         self,

@@ -1,0 +1,91 @@
+"""BulkPublisher (epm_service.publisher): a set of messages stored in JetStream with one wait,
+on a real nats-server. Every message acknowledged in order, duplicates said so, a refusal
+or a lost acknowledgement fails the set in bounded time, and nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from epm_events.streams import EVENTS
+from epm_service.bus import Bus
+from epm_service.publisher import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    BulkPublisher,
+)
+from nats.js.errors import APIError, NoStreamResponseError
+
+pytestmark = pytest.mark.integration
+
+SUBJECT = "epm.evt.acme.device.pc-1.ElevationPerformed"
+
+
+def messages(n: int, first: int = 0) -> list[tuple[str, bytes, dict[str, str]]]:
+    return [(SUBJECT, b'{"n":%d}' % i, {MSG_ID: f"id-{i}"}) for i in range(first, first + n)]
+
+
+async def test_a_set_is_stored_in_order_and_a_repeat_is_all_duplicates(bus: Bus) -> None:
+    bulk = BulkPublisher(bus.nc)
+    stored = await bulk.publish(messages(250), timeout=10)
+    assert [s.seq for s in stored] == list(range(1, 251))
+    assert not any(s.duplicate for s in stored)
+    again = await bulk.publish(messages(10, first=245), timeout=10)
+    assert [s.duplicate for s in again] == [True] * 5 + [False] * 5
+    assert (await bus.js.stream_info(EVENTS.name)).state.messages == 255
+    assert not bulk._sets  # nothing kept once a set is done
+
+
+async def test_sets_published_at_once_each_get_their_own_acknowledgements(bus: Bus) -> None:
+    bulk = BulkPublisher(bus.nc)
+    results = await asyncio.gather(
+        *(bulk.publish(messages(40, first=100 * k), timeout=10) for k in range(20))
+    )
+    seqs = [s.seq for stored in results for s in stored]
+    assert sorted(seqs) == list(range(1, 801))
+    for stored in results:  # each set's messages went out in order, on one connection
+        assert [s.seq for s in stored] == sorted(s.seq for s in stored)
+
+
+async def test_a_refused_message_fails_the_set_with_the_servers_error(bus: Bus) -> None:
+    bulk = BulkPublisher(bus.nc)
+    batch = messages(5)
+    subject, payload, headers = batch[3]
+    batch[3] = (subject, payload, {**headers, EXPECTED_LAST_SUBJECT_SEQ: "999"})
+    with pytest.raises(APIError) as refused:
+        await bulk.publish(batch, timeout=10)
+    assert refused.value.err_code == WRONG_LAST_SEQUENCE
+    assert not bulk._sets
+
+
+async def test_a_subject_no_stream_takes_fails_the_set(bus: Bus) -> None:
+    bulk = BulkPublisher(bus.nc)
+    with pytest.raises(NoStreamResponseError):
+        await bulk.publish([("nowhere.at.all", b"{}", {MSG_ID: "x"})], timeout=10)
+
+
+async def test_a_lost_acknowledgement_fails_the_set_in_bounded_time(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py never fails a publish lost with its server: the set times out instead, and a
+    late acknowledgement of it is dropped."""
+    bulk = BulkPublisher(bus.nc)
+    await bulk.publish(messages(1), timeout=10)  # subscribed
+    real_publish = bus.nc.publish
+    lost: list[str] = []
+
+    async def lossy(subject: str, payload: bytes = b"", **kw: Any) -> None:
+        if not lost:
+            lost.append(subject)
+            return
+        await real_publish(subject, payload, **kw)
+
+    monkeypatch.setattr(bus.nc, "publish", lossy)
+    with pytest.raises(TimeoutError):
+        await bulk.publish(messages(5, first=10), timeout=0.5)
+    assert lost and not bulk._sets
+    monkeypatch.setattr(bus.nc, "publish", real_publish)
+    stored = await bulk.publish(messages(5, first=10), timeout=10)  # the retry completes it
+    assert [s.duplicate for s in stored] == [False] + [True] * 4
