@@ -17,7 +17,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from epm_approval.app import DEFINITION as APPROVAL
 from epm_gateway.domain import new_token
 from epm_request.app import DEFINITION as REQUESTS
 from epm_service.bus import connect
-from epm_service.natsserver import NatsServer, ServerTls, free_port
+from epm_service.natsserver import NatsServer, free_port
 from epm_service.principal import Principal
 from epm_service.rpc import call
 from epm_service.runtime import RunningService, start_service
@@ -44,21 +44,6 @@ from tests.integration.test_gateway_process import gateway_env, wait_ready
 
 ACME_ADMIN = Principal("tok-2", "ann", "tenant_admin", "acme")
 SHA = "5e" * 32
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return issue_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_nats(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[NatsServer]:
-    """A nats-server that accepts TLS clients only."""
-    root = tmp_path_factory.mktemp("nats-tls")
-    with NatsServer(
-        root / "store", log_file=root / "nats.log", tls=ServerTls(tls_files.cert, tls_files.key)
-    ) as server:
-        yield server
 
 
 @dataclass

@@ -21,23 +21,8 @@ from epm_service.natsserver import NatsServer, ServerTls, free_port
 from epm_service.settings import Settings
 from epm_service.streams import apply_streams
 
-from tests.certificates import TlsFiles, issue_tls_files
+from tests.certificates import TlsFiles
 from tests.integration.test_gateway_process import gateway_env, wait_ready
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return issue_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_nats(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[NatsServer]:
-    """A nats-server that accepts TLS clients only (client TLS as in the prod overlay)."""
-    root = tmp_path_factory.mktemp("nats-tls")
-    with NatsServer(
-        root / "store", log_file=root / "nats.log", tls=ServerTls(tls_files.cert, tls_files.key)
-    ) as server:
-        yield server
 
 
 def tls_settings(server: NatsServer, files: TlsFiles, data_dir: Path) -> Settings:
