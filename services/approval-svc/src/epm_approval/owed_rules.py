@@ -15,11 +15,11 @@ not exist yet: of every replica's worker and a late ``decide``, exactly one writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from epm_events.ids import derived_event_id
 from epm_service.publisher import ConcurrencyConflict
+from epm_service.worker import TaskWorker
 
 from epm_approval.context import Approval
 from epm_approval.decisions import default_rule_name
@@ -32,21 +32,12 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 30.0
 
 
-class OwedRules:
+class OwedRules(TaskWorker):
+    task_name = "owed-rules"
+
     def __init__(self, approval: Approval, every: float | None = None) -> None:
         self.a = approval
         self.every = CHECK_SECONDS if every is None else every
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="owed-rules")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         earlier: set[str] = set()

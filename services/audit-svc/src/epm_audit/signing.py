@@ -16,7 +16,6 @@ head twice.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -31,6 +30,7 @@ from epm_service.errors import Unavailable
 from epm_service.projection import Projector
 from epm_service.publisher import ConcurrencyConflict, EventPublisher
 from epm_service.secretbox import SecretBox, SecretBoxError
+from epm_service.worker import TaskWorker
 
 from epm_audit.chain import ChainHead
 from epm_audit.checkpoint import (
@@ -98,8 +98,10 @@ class SigningKey:
             return stored[0].event.model_dump()
 
 
-class Checkpointer:
+class Checkpointer(TaskWorker):
     """Signs each chain's head when the policy says it is due (a background worker)."""
+
+    task_name = "audit-checkpointer"
 
     def __init__(
         self,
@@ -114,16 +116,6 @@ class Checkpointer:
         self.policy = policy
         self._covered: dict[str, int] = {}
         self._signed_at: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-checkpointer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         await self.trail.wait_caught_up()

@@ -8,34 +8,26 @@ an expiry racing a decision yields exactly one outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 
 from epm_domain.request import expire
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.runtime import ServiceContext
+from epm_service.worker import TaskWorker
 
 from epm_request import store
 
 log = logging.getLogger(__name__)
 
 
-class ExpiryScheduler:
+class ExpiryScheduler(TaskWorker):
+    task_name = "expiry"
+
     def __init__(self, ctx: ServiceContext, interval: float = 1.0) -> None:
         self.ctx = ctx
         self.store = ctx.projector(store.RequestStore.name)
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="expiry")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         await self.store.wait_caught_up()
