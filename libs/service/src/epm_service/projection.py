@@ -209,6 +209,7 @@ class Projector:
         self._target = 0
         self._last_seq = 0
         self._stopped = False
+        self._live = False
         self._filters: list[str] | None = None
         if projection.only_handled and filter_subject == ALL_EVENTS:
             self._filters = sorted(event_type_filter(cls.NAME) for cls in projection.handlers())
@@ -388,6 +389,7 @@ class Projector:
         self._buf.append(
             StoredMsg(seq, msg.subject, msg.data, hdrs.get("Nats-Msg-Id") if hdrs else None, ts_ns)
         )
+        self._live = pending == 0  # nothing behind this message: a trickle, not a backlog
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
         self._has_msgs.set()
@@ -455,11 +457,12 @@ class Projector:
     async def _write_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[StoredMsg]
     ) -> list[Rejected]:
-        """A few events are written right here: at an online request's pace the hop to the
-        writer thread and back (two thread wake-ups, the GIL handed over twice) costs more
-        than the write. A backlog goes to the writer thread, pipelined with the consumer.
+        """A few live events are written right here: at an online request's pace the hop to
+        the writer thread and back (two thread wake-ups, the GIL handed over twice) costs
+        more than the write. A backlog (the consumer says more is pending) goes to the
+        writer thread, pipelined with the consumer, so batches grow while it writes.
         Either way only this task writes, one batch at a time."""
-        if len(batch) <= INLINE_BATCH and self._wconn is not None:
+        if self._live and len(batch) <= INLINE_BATCH and self._wconn is not None:
             # Never wait for a lock on the loop: if another connection holds it, the
             # writer thread waits instead (busy timeout, then retries with backoff).
             self._wconn.execute("PRAGMA busy_timeout=0")
