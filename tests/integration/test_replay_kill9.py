@@ -250,7 +250,11 @@ async def test_agent_killed_mid_upload_resumes_and_every_record_lands_once(
         f"{in_stream_at_kill} of {len(last_seqs)} batches in EPM_AGENT"
     )
     assert 0 < sent_at_kill < RECORDS
-    assert sum(1 for last in last_seqs if last <= sent_at_kill) < in_stream_at_kill
+    # Usually the stream holds batches the agent had not recorded as sent. Rarely the frozen
+    # agent had already written its commit of those marks to the WAL, not yet to the WAL
+    # index: the check did not see it, the first reader after the kill recovers it. The
+    # kill is still mid-upload (asserted above and below), and the rest is the same.
+    assert sum(1 for last in last_seqs if last <= sent_at_kill) <= in_stream_at_kill
     assert in_stream_at_kill < len(last_seqs)
 
     second = start_sync(children, state_dir, "sync-2", wait=120)
