@@ -43,6 +43,7 @@ from epm_service.publisher import (
     EXPECTED_LAST_SUBJECT_SEQ,
     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     MSG_ID,
+    PUBLISH_ACK_TIMEOUT,
     WRONG_LAST_SEQUENCE,
     BulkPublisher,
     ConcurrencyConflict,
@@ -57,8 +58,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CATCH_UP_TIMEOUT = 30.0
-PUBLISH_ACK_TIMEOUT = 10.0
-"""How long an appended record may wait for EPM_EVENTS' acknowledgement."""
 
 
 class EarlierUploadPending(Exception):
