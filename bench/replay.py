@@ -299,13 +299,7 @@ def check_trail(path: Path, after: int, devices: int, per_device: int) -> None:
             "SELECT count(*) FROM audit_records WHERE tenant = ? AND type = ?",
             (TENANT, SecurityAlertRaised.NAME),
         ).fetchone()
-    twice = [k for k, n in counts.items() if n != 1]
-    devices_seen = {d for d, _ in counts}
-    assert not twice, f"{len(twice)} records are in the audit trail more than once: {twice[:3]}"
-    assert len(counts) == expected and len(devices_seen) == devices, (
-        f"the audit trail holds {len(counts):,} distinct records from {len(devices_seen)} "
-        f"devices; expected {expected:,} from {devices}"
-    )
+    each_record_once(counts, expected, devices, "the audit trail")
     assert verdict.ok, f"the storm tenant's audit chain does not verify: {verdict}"
     assert not alerts, f"{alerts} security alerts were raised by a clean replay"
 
@@ -335,13 +329,7 @@ async def check_exactly_once(bus: Bus, after: int, devices: int, per_device: int
     )
     await asyncio.wait_for(done.wait(), 120)
     await sub.unsubscribe()
-    twice = [k for k, n in counts.items() if n != 1]
-    devices_seen = {d for d, _ in counts}
-    assert not twice, f"{len(twice)} records are in EPM_EVENTS more than once, e.g. {twice[:3]}"
-    assert len(counts) == expected and len(devices_seen) == devices, (
-        f"{len(counts):,} distinct records from {len(devices_seen)} devices; expected "
-        f"{expected:,} from {devices}"
-    )
+    each_record_once(counts, expected, devices, "EPM_EVENTS")
 
 
 async def fresh_streams(bus: Bus) -> None:
@@ -367,6 +355,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="epm-bench-replay-") as tmp:
         rows = uvloop.run(replay_rows(args.quick, Path(tmp)))
     print(table(rows))
+
+
+def each_record_once(
+    counts: Counter[tuple[str, int]], expected: int, devices: int, where: str
+) -> None:
+    """The exactly-once check: every (device, seq) of every device once in ``where``."""
+    twice = [k for k, n in counts.items() if n != 1]
+    devices_seen = {d for d, _ in counts}
+    assert not twice, f"{len(twice)} records are in {where} more than once, e.g. {twice[:3]}"
+    assert len(counts) == expected and len(devices_seen) == devices, (
+        f"{where} holds {len(counts):,} distinct records from {len(devices_seen)} devices; "
+        f"expected {expected:,} from {devices}"
+    )
 
 
 if __name__ == "__main__":

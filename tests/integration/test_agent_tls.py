@@ -31,15 +31,14 @@ from epm_agent.state import StateDir
 from epm_approval.app import DEFINITION as APPROVAL
 from epm_gateway.domain import new_token
 from epm_request.app import DEFINITION as REQUESTS
-from epm_service.bus import connect
 from epm_service.natsserver import NatsServer, free_port
 from epm_service.principal import Principal
 from epm_service.rpc import call
 from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
-from epm_service.streams import apply_streams
 
 from tests.certificates import TlsFiles, issue_tls_files
+from tests.integration.conftest import empty_streams
 from tests.integration.test_gateway_process import gateway_env, wait_ready
 
 ACME_ADMIN = Principal("tok-2", "ann", "tenant_admin", "acme")
@@ -80,13 +79,7 @@ async def stack(
         master_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         public_nats_ca=tls_files.ca if getattr(request, "param", False) else None,
     )
-    bus = await connect(settings, name="tls-agent-setup")
-    try:
-        for info in await bus.js.streams_info():
-            await bus.js.delete_stream(str(info.config.name))
-        await apply_streams(bus.js)
-    finally:
-        await bus.close()
+    await empty_streams(settings, "tls-agent-setup")
     approval = await start_service(APPROVAL, settings)
     requests = await start_service(REQUESTS, settings)
     port = free_port()

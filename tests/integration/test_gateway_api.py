@@ -22,6 +22,8 @@ from epm_service.rpc import call
 from epm_service.runtime import RunningService
 from epm_service.settings import Settings
 
+from tests.integration.conftest import delete_streams
+
 PROBLEM = "application/problem+json"
 
 
@@ -379,8 +381,7 @@ async def test_bootstrap_token_is_recorded_once_across_restarts(
 
 
 async def test_readyz_is_503_with_a_reason_when_streams_are_missing(gw: Gateway, bus: Bus) -> None:
-    for info in await bus.js.streams_info():
-        await bus.js.delete_stream(str(info.config.name))
+    await delete_streams(bus)
     r = await gw.client.get("/readyz")
     assert r.status_code == 503
     assert "epm streams apply" in r.json()["reason"]

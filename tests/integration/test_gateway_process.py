@@ -19,6 +19,8 @@ from epm_service.bus import Bus
 from epm_service.natsserver import free_port
 from epm_service.settings import Settings
 
+from tests.integration.conftest import delete_streams
+
 
 def gateway_env(settings: Settings, port: int, token_file: Path) -> dict[str, str]:
     return {
@@ -94,8 +96,7 @@ async def test_gateway_process_serves_http_and_stops_on_sigterm(
 async def test_gateway_refuses_to_start_without_streams(
     bus: Bus, settings: Settings, token_file: Path
 ) -> None:
-    for info in await bus.js.streams_info():
-        await bus.js.delete_stream(str(info.config.name))
+    await delete_streams(bus)
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "epm_gateway"],

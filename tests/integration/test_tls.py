@@ -19,9 +19,9 @@ from epm_gateway.domain import new_token
 from epm_service.bus import connect
 from epm_service.natsserver import NatsServer, ServerTls, free_port
 from epm_service.settings import Settings
-from epm_service.streams import apply_streams
 
 from tests.certificates import TlsFiles
+from tests.integration.conftest import empty_streams
 from tests.integration.test_gateway_process import gateway_env, wait_ready
 
 
@@ -94,13 +94,7 @@ async def test_a_client_certificate_is_presented_to_a_server_that_verifies_clien
 async def tls_streams(tls_nats: NatsServer, tls_files: TlsFiles, tmp_path: Path) -> Settings:
     """The EPM streams on the TLS server, empty; settings that reach it."""
     settings = tls_settings(tls_nats, tls_files, tmp_path / "data")
-    bus = await connect(settings, name="tls-streams")
-    try:
-        for info in await bus.js.streams_info():
-            await bus.js.delete_stream(str(info.config.name))
-        await apply_streams(bus.js)
-    finally:
-        await bus.close()
+    await empty_streams(settings, "tls-streams")
     return settings
 
 

@@ -14,7 +14,6 @@ A projection that uses the outbox includes ``OUTBOX_SCHEMA`` in its schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from nats.js import JetStreamContext
 
 from epm_service.projection import Projector
 from epm_service.publisher import gather_acks
+from epm_service.worker import TaskWorker
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,14 @@ def enqueue(
     )
 
 
-class OutboxRelay:
+class OutboxRelay(TaskWorker):
     """Publishes a projection's committed outbox rows, in order, after each batch."""
 
     def __init__(self, js: JetStreamContext, projector: Projector, batch: int = 1000) -> None:
         self.js = js
         self.projector = projector
         self.batch = batch
-        self._task: asyncio.Task[None] | None = None
+        self.task_name = f"outbox-{projector.path.name}"
         self._conn: sqlite3.Connection | None = None
         self._loop_conn: sqlite3.Connection | None = None
         # One thread owns the connection: a query still running when the task is
@@ -79,14 +79,10 @@ class OutboxRelay:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._db, _connect, self.projector.path)
-        self._task = asyncio.create_task(self._run(), name=f"outbox-{self.projector.path.name}")
+        await super().start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         if self._conn is not None:
             await self._in_db(lambda conn: conn.close())  # after any query still running
             self._conn = None
