@@ -21,11 +21,26 @@ export function offlineView(ctx) {
     await loadPolicy();
   }
 
-  function renderDevices() {
+  // Hostname matches rank before id-only matches ("a2" is a hostname, and also inside many hex ids).
+  function rank(d, term) {
+    const host = d.hostname.toLowerCase();
+    if (host === term) return 0;
+    if (host.startsWith(term)) return 1;
+    if (host.includes(term)) return 2;
+    return d.id.toLowerCase().includes(term) ? 3 : -1;
+  }
+
+  function renderDevices(event) {
     const term = $("#device-search").value.trim().toLowerCase();
-    const shown = devices.filter((d) => !term || `${d.hostname} ${d.id}`.toLowerCase().includes(term));
+    const shown = term
+      ? devices
+          .map((d, i) => ({ d, i, r: rank(d, term) }))
+          .filter((x) => x.r >= 0)
+          .sort((a, b) => a.r - b.r || a.i - b.i)
+          .map((x) => x.d)
+      : devices;
     const select = $("#device");
-    const chosen = select.value;
+    const chosen = event && shown.length ? shown[0].id : select.value; // typing picks the best match
     select.replaceChildren(
       ...shown.map((d) =>
         h("option", { value: d.id }, d.offline_open ? `${d.hostname} (request open)` : d.hostname),
