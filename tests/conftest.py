@@ -123,3 +123,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in ("unit", "integration", "e2e"):
             if f"/tests/{tier}/" in str(item.path):
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+# A phase that runs this long is about to hit pytest-timeout: print what every asyncio task
+# and thread is waiting on first, so an intermittent hang (e.g. in a service's stop) can be
+# read from the CI log instead of guessed at.
+HANG_REPORT_SECONDS = float(os.environ.get("EPM_TEST_HANG_REPORT_SECONDS", "120"))
+
+
+def _report_hang(phase: str, nodeid: str) -> None:
+    import asyncio
+    import faulthandler
+    import sys
+
+    out = sys.stderr
+    print(f"\n=== {nodeid} still in {phase} after {HANG_REPORT_SECONDS:.0f} s ===", file=out)
+    for task in list(asyncio.tasks._all_tasks):  # type: ignore[attr-defined]
+        if task.done():
+            continue
+        print(f"--- task {task.get_name()}: {task.get_coro()!r}", file=out)
+        with contextlib.suppress(Exception):
+            task.print_stack(limit=12, file=out)
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    out.flush()
+
+
+def _watch(phase: str) -> object:
+    @pytest.hookimpl(hookwrapper=True)
+    def hook(item: pytest.Item) -> Iterator[None]:
+        import threading
+
+        timer = threading.Timer(HANG_REPORT_SECONDS, _report_hang, (phase, item.nodeid))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    return hook
+
+
+pytest_runtest_setup = _watch("setup")
+pytest_runtest_call = _watch("call")
+pytest_runtest_teardown = _watch("teardown")

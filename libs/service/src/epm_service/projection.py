@@ -41,6 +41,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from epm_service.deadletter import dead_letter
 from epm_service.metrics import EVENTS_APPLIED, EVENTS_SKIPPED, PROJECTION_POSITION
+from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +268,7 @@ class Projector:
                 await self._sub.unsubscribe()
             self._sub = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._close)
@@ -283,12 +282,14 @@ class Projector:
 
     async def wait_caught_up(self, timeout: float | None = None) -> None:
         """Until everything that was in the stream at start is applied."""
-        await asyncio.wait_for(self._wait_caught_up(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._wait_caught_up()
 
     async def _wait_caught_up(self) -> None:
         while not self._caught_up.is_set():
             try:
-                await asyncio.wait_for(self._caught_up.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._caught_up.wait()
             except TimeoutError:
                 await self._check_caught_up()
 
@@ -330,7 +331,8 @@ class Projector:
                 return False
             async with self._advanced:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+                    async with asyncio.timeout(min(remaining, 0.05)):
+                        await self._advanced.wait()
         return True
 
     async def wait_past(self, position: int, timeout: float = 5.0) -> bool:
@@ -341,9 +343,8 @@ class Projector:
             return True
         async with self._advanced:
             try:
-                await asyncio.wait_for(
-                    self._advanced.wait_for(lambda: self.position > position), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await self._advanced.wait_for(lambda: self.position > position)
             except TimeoutError:
                 return False
         return True

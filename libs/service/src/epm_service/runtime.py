@@ -31,6 +31,7 @@ from epm_service.rpc import CommandHandler, RpcServer
 from epm_service.settings import Settings
 from epm_service.streams import check_streams
 from epm_service.tls import TlsSettingsError
+from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class RunningService:
 
     async def stop(self) -> None:
         for t in self.tasks:
-            t.cancel()
+            await cancel_and_wait(t)
         await self.rpc.stop()
         for w in reversed(self.ctx.workers):
             with contextlib.suppress(Exception):

@@ -1,9 +1,28 @@
-"""A service worker that is one background task (``ServiceContext.start_worker``)."""
+"""A service worker that is one background task (``ServiceContext.start_worker``), and the one
+way a service ends a task it started (``cancel_and_wait``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
+
+CANCEL_RETRY_SECONDS = 0.5
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it runs on.
+
+    One ``cancel()`` is not always enough on Python 3.11: ``asyncio.wait_for`` returns the
+    result instead of raising when the future it waits on finished in the same loop turn as
+    the cancel (gh-86296), and a loop around it then never ends, nor does a stop awaiting it.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_RETRY_SECONDS)
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()  # retrieved, so an error it ended with is not reported as lost
 
 
 class TaskWorker:
@@ -18,9 +37,7 @@ class TaskWorker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

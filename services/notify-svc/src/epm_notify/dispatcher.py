@@ -32,6 +32,7 @@ from epm_service.deadletter import dead_letter
 from epm_service.projection import Projector, open_db
 from epm_service.publisher import ConcurrencyConflict, EventPublisher
 from epm_service.secretbox import SecretBox, SecretBoxError
+from epm_service.worker import cancel_and_wait
 from nats.js import JetStreamContext
 
 from epm_notify import store
@@ -98,8 +99,7 @@ class Dispatcher:
                 t.cancel()
         for t in (self._watch_task, self._loop_task, *self._tasks):
             if t is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                await cancel_and_wait(t)
         if self._conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._conn.close)
         self._writer.shutdown(wait=True)
@@ -125,7 +125,8 @@ class Dispatcher:
                 log.exception("dispatch pass failed; retrying")
                 idle = 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=idle)
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
 
     async def _dispatch_due(self) -> float:
         """Start a try for every due delivery there is room for; seconds until the next."""

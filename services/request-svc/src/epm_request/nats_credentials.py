@@ -31,6 +31,7 @@ from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jw
 from epm_service.projection import Projector
 from epm_service.settings import Settings
 from epm_service.tls import nats_client_context, public_nats_ca
+from epm_service.worker import cancel_and_wait
 from nats.aio.client import Client, RawCredentials
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,7 @@ class DeviceCredentials:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._sys is not None and not self._sys.is_closed:
             await self._sys.close()
 
@@ -124,7 +123,8 @@ class DeviceCredentials:
                     log.warning("could not push NATS revocations: %s", exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+                async with asyncio.timeout(RESYNC_SECONDS):
+                    await self._wake.wait()
 
     async def _sync(self) -> None:
         assert self.issuer is not None
