@@ -146,4 +146,8 @@ class OutboxRelay(TaskWorker):
 def _connect(path: Path, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    # As the projection's own connection (open_db): the default (FULL) syncs the WAL at
+    # every commit, an fsync per relayed round. A delete lost to a power cut only relays
+    # its rows again, and Nats-Msg-Id makes that a duplicate.
+    conn.execute("PRAGMA synchronous=NORMAL")
     return conn
