@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
+import pytest
 from epm_events.catalog import TenantCreated
 from epm_events.subjects import tenant_events_filter
+from epm_service import projection
 from epm_service.bus import Bus
 from epm_service.projection import Projector
 from epm_service.publisher import EventPublisher
@@ -194,5 +197,42 @@ async def test_projection_of_a_few_kinds_gets_only_those_and_still_answers_wait_
         assert await applied_count(p) == 5
         # a worker following its commits waits for the next one, however quiet the stream
         assert not await p.wait_past(p.position, timeout=0.3)
+    finally:
+        await p.stop()
+
+
+async def test_projector_moves_its_wal_into_the_database_file_off_the_loop(
+    bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's auto-checkpoint (fsync included) would run inside a commit on the event loop;
+    the projector turns it off and checkpoints on a thread of its own instead."""
+    monkeypatch.setattr(projection, "CHECKPOINT_SECONDS", 0.0)
+    path = tmp_path / "p.sqlite"
+    p = Projector(bus.js, AppliedLog(), path, service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        assert p._wconn is not None
+        assert p._wconn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        seqs = await publish(bus, tenants(50))
+        assert await p.wait_for(seqs[-1], timeout=10)
+        more = await publish(bus, tenants(1, start=50))  # one more batch: a checkpoint is due
+        assert await p.wait_for(more[-1], timeout=10)
+
+        def in_the_file_alone() -> int:
+            # immutable=1 reads the database file and ignores the WAL: only checkpointed rows
+            ro = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return int(ro.execute("SELECT count(*) FROM applied").fetchone()[0])
+            except sqlite3.DatabaseError:  # not even the table yet, or read mid-checkpoint
+                return 0
+            finally:
+                ro.close()
+
+        for _ in range(100):
+            if in_the_file_alone() >= 50:
+                break
+            await asyncio.sleep(0.05)
+        assert in_the_file_alone() >= 50
     finally:
         await p.stop()

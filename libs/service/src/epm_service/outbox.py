@@ -150,4 +150,5 @@ def _connect(path: Path, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
     # every commit, an fsync per relayed round. A delete lost to a power cut only relays
     # its rows again, and Nats-Msg-Id makes that a duplicate.
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # the projector checkpoints, off the loop
     return conn
