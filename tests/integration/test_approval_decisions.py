@@ -228,12 +228,12 @@ async def test_tenant_decision_creates_a_rule_prefilled_from_the_request(
     assert (answer["status"], answer["rule_id"]) == ("approved", rule_id)
 
 
-async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_once(
+async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_once_as_edited(
     bus: Bus, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """approval-svc dies after appending a tenant decision and before its RuleCreated: the
-    decision stands, and the rule it names is created from the request's draft (once, by
-    one of the two running replicas)."""
+    decision stands, and the rule it names is created later with the name and match the
+    technician gave (they travel in the decision), once, by one of two running replicas."""
     import epm_approval.decisions as decisions
     import epm_approval.owed_rules as owed_rules
 
@@ -251,7 +251,14 @@ async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_on
         request_id, _ = await open_request(bus)
         with pytest.raises(CommandError):
             await ask(
-                bus, "decide", ACME_TECH, request_id=request_id, decision="deny", scope="tenant"
+                bus,
+                "decide",
+                ACME_TECH,
+                request_id=request_id,
+                decision="deny",
+                scope="tenant",
+                rule_name="No Contoso installers",
+                rule={"publisher": "Contoso Ltd", "file_name": "setup*.exe"},
             )
         monkeypatch.setattr(decisions, "append_rule", real_append_rule)
         [_created, denied] = await read_events(
@@ -267,16 +274,13 @@ async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_on
                 break
             await asyncio.sleep(0.1)
         [rule] = rules
-        assert (rule["id"], rule["effect"], rule["source_request_id"]) == (
+        assert (rule["id"], rule["effect"], rule["source_request_id"], rule["name"]) == (
             rule_id,
             "deny",
             request_id,
+            "No Contoso installers",
         )
-        assert rule["match"] == {
-            "sha256": SHA_SETUP,
-            "publisher": "Contoso Ltd",
-            "app_name": "Contoso Setup",
-        }
+        assert rule["match"] == {"publisher": "Contoso Ltd", "file_name": "setup*.exe"}
         await asyncio.sleep(1.0)  # both replicas looked again: still one rule, one event
         created = [
             r

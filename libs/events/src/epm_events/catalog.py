@@ -207,6 +207,11 @@ class Approved(Event):
     rule_id: str | None = None
     grant_id: str | None = None
     reason: str = ""
+    # A technician's tenant/global decision: the rule it creates (``rule_id``) as the
+    # technician left it, so the rule can still be created exactly so if approval-svc
+    # stops between the decision and its RuleCreated (epm_approval.owed_rules).
+    rule_name: str | None = None
+    rule_match: RuleMatch | None = None
 
 
 class Denied(Event):
@@ -218,6 +223,8 @@ class Denied(Event):
     by: Actor
     rule_id: str | None = None
     reason: str = ""
+    rule_name: str | None = None  # as in Approved
+    rule_match: RuleMatch | None = None
 
 
 # --- approval-svc: rules, grants, offline ---------------------------------

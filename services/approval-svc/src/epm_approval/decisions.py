@@ -153,6 +153,7 @@ class Decisions:
             rule_id=rule_id,
             grant_id=request.id if (decision == "approve" and scope == "once") else None,
             reason=reason,
+            rule=new_rule,
         )
         ids = {"tenant": request.tenant, "request_id": request.id, "event_id": done.envelope.id}
         log.info("request decided", extra={**ids, "decision": decision, "scope": scope})
@@ -188,6 +189,7 @@ class Decisions:
         rule_id: str | None,
         grant_id: str | None,
         reason: str,
+        rule: tuple[str, RuleMatch] | None,
     ) -> Appended:
         for _attempt in range(2):
             try:
@@ -200,6 +202,8 @@ class Decisions:
                     rule_id=rule_id,
                     grant_id=grant_id,
                     reason=reason,
+                    rule_name=rule[0] if rule else None,
+                    rule_match=rule[1] if rule else None,
                 )
             except RequestError as exc:
                 raise Conflict(str(exc), extra={"reason": exc.reason}) from None

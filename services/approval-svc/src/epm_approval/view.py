@@ -60,6 +60,11 @@ class ApprovalView(Projection):
         rule_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant TEXT NOT NULL,
         effect TEXT NOT NULL, decided_by TEXT NOT NULL, decision_event_id TEXT NOT NULL
     );
+    -- the owed rule's name and match as the technician left them (decisions recorded
+    -- before events carried them have none here: the request's draft stands in)
+    CREATE TABLE IF NOT EXISTS rules_owed_spec (
+        rule_id TEXT PRIMARY KEY, name TEXT NOT NULL, match TEXT NOT NULL
+    );
     """
 
     def handlers(self) -> Mapping[type[Event], Handler]:
@@ -125,6 +130,17 @@ def owe_rule(conn: sqlite3.Connection, e: Approved | Denied, at: Applied) -> Non
             e.rule_id,
         ),
     )
+    if e.rule_name is not None and e.rule_match is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO rules_owed_spec (rule_id, name, match) SELECT ?,?,?"
+            " WHERE EXISTS (SELECT 1 FROM rules_owed WHERE rule_id = ?)",
+            (
+                e.rule_id,
+                e.rule_name,
+                orjson.dumps(e.rule_match.model_dump(mode="json", exclude_none=True)).decode(),
+                e.rule_id,
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +151,22 @@ class OwedRule:
     effect: Literal["allow", "deny"]
     decided_by: str
     decision_event_id: str
+    name: str | None = None
+    """As the technician left it; None for decisions recorded before events carried it."""
+    match: RuleMatch | None = None
 
 
 def owed_rules(conn: sqlite3.Connection) -> list[OwedRule]:
     rows = conn.execute(
-        "SELECT rule_id, request_id, tenant, effect, decided_by, decision_event_id"
-        " FROM rules_owed ORDER BY rowid"
+        "SELECT o.rule_id, o.request_id, o.tenant, o.effect, o.decided_by,"
+        " o.decision_event_id, s.name, s.match"
+        " FROM rules_owed o LEFT JOIN rules_owed_spec s ON s.rule_id = o.rule_id"
+        " ORDER BY o.rowid"
     ).fetchall()
-    return [OwedRule(*row) for row in rows]
+    return [
+        OwedRule(*row[:7], RuleMatch.model_validate_json(row[7]) if row[7] else None)
+        for row in rows
+    ]
 
 
 def find_request(conn: sqlite3.Connection, request_id: str) -> tuple[Request, int] | None:
@@ -204,6 +228,7 @@ def _rule_row(row: tuple[Any, ...]) -> RuleRow:
 
 def on_rule_created(conn: sqlite3.Connection, e: RuleCreated, at: Applied) -> None:
     conn.execute("DELETE FROM rules_owed WHERE rule_id = ?", (e.rule_id,))
+    conn.execute("DELETE FROM rules_owed_spec WHERE rule_id = ?", (e.rule_id,))
     conn.execute(
         f"INSERT OR IGNORE INTO rules ({_RULE_COLUMNS}, scope) VALUES (?,?,?,?,?,1,?,?,?,?,?)",
         (
