@@ -23,8 +23,23 @@ from epm_service.settings import Settings
 from nats.aio.client import Client, RawCredentials
 from nats.js.api import ConsumerConfig
 
+from tests.certificates import issue_tls_files
 from tests.conftest import AuthNats
 from tests.integration.test_gateway_api import Gateway, running_gateway
+
+
+def gateway_settings(nats_auth_server: AuthNats, tmp_path: Path, **more: Any) -> Settings:
+    # what the gateway holds in production: the issuer without the revocation keys
+    issuer = tmp_path / "issuer-gateway.json"
+    write_private(issuer, nats_auth_server.keys.issuer().without_revocation().dump())
+    return Settings(
+        nats_url=nats_auth_server.url,
+        nats_creds=nats_auth_server.service_creds("gateway"),
+        nats_issuer=str(issuer),
+        data_dir=tmp_path / "data",
+        bootstrap_token_file=tmp_path / "admin-token",
+        **more,
+    )
 
 
 @pytest.fixture
@@ -35,17 +50,7 @@ async def gateway(
     token_file = tmp_path / "admin-token"
     token_file.write_text(admin + "\n")
     token_file.chmod(0o600)
-    # what the gateway holds in production: the issuer without the revocation keys
-    issuer = tmp_path / "issuer-gateway.json"
-    write_private(issuer, nats_auth_server.keys.issuer().without_revocation().dump())
-    settings = Settings(
-        nats_url=nats_auth_server.url,
-        nats_creds=nats_auth_server.service_creds("gateway"),
-        nats_issuer=str(issuer),
-        data_dir=tmp_path / "data",
-        bootstrap_token_file=token_file,
-    )
-    async with running_gateway(settings, admin) as gw:
+    async with running_gateway(gateway_settings(nats_auth_server, tmp_path), admin) as gw:
         await gw.tenant("acme")
         await gw.tenant("globex")
         yield gw
@@ -56,6 +61,7 @@ async def test_an_integrator_gets_creds_that_read_its_tenant_only(gateway: Gatew
     answer = (await gateway.get("/v1/integrations/nats", token)).json()
     assert answer["stream"] == EVENTS.name
     assert answer["subjects"] == ["epm.evt.acme.>"]
+    assert answer["ca"] is None  # no EPM_PUBLIC_NATS_CA: the system's CAs
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
@@ -91,6 +97,22 @@ async def test_an_integrator_gets_creds_that_read_its_tenant_only(gateway: Gatew
             await nc.flush()
     finally:
         await nc.close()
+
+
+async def test_an_integrator_is_handed_the_nats_ca_the_operator_publishes(
+    auth_bus: Bus, nats_auth_server: AuthNats, tmp_path: Path
+) -> None:
+    ca = issue_tls_files(tmp_path / "tls").ca
+    admin = new_token()
+    (tmp_path / "admin-token").write_text(admin + "\n")
+    (tmp_path / "admin-token").chmod(0o600)
+    settings = gateway_settings(nats_auth_server, tmp_path, public_nats_ca=ca)
+    async with running_gateway(settings, admin) as gw:
+        await gw.tenant("acme")
+        token = (await gw.token("integrator", "acme"))["token"]
+        answer = (await gw.get("/v1/integrations/nats", token)).json()
+    assert answer["ca"] == ca.read_text()
+    assert answer["creds"]
 
 
 async def test_only_integrator_tokens_get_nats_creds(gateway: Gateway) -> None:

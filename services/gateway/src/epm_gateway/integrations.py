@@ -24,6 +24,7 @@ from epm_service.natsauth import (
     NatsAuthError,
     integrator_inbox_prefix,
 )
+from epm_service.tls import public_nats_ca
 from fastapi import APIRouter
 
 from epm_gateway.api import Caller, Service
@@ -45,7 +46,8 @@ async def nats_credentials(who: Caller, svc: Service) -> dict[str, Any]:
     allow), delivering under ``inbox_prefix`` (nats-py: ``connect(inbox_prefix=...)``).
     The creds expire after ``expires_in`` seconds; revoking the token
     (``DELETE /v1/tokens/{id}``) revokes them at once: NATS drops their connections and
-    refuses them from then on."""
+    refuses them from then on. ``ca``: the PEM of the CA to trust for NATS over TLS
+    (``EPM_PUBLIC_NATS_CA``, as agents get it at enrollment), or null: the system's."""
     if who.role != "integrator":
         raise Forbidden(
             "NATS credentials are for integrator tokens; issue one with "
@@ -69,6 +71,7 @@ async def nats_credentials(who: Caller, svc: Service) -> dict[str, Any]:
         "inbox_prefix": integrator_inbox_prefix(who.token_id),
         "creds": issuer.integrator_creds(who.token_id, who.tenant),
         "expires_in": INTEGRATOR_CREDS_SECONDS,
+        "ca": public_nats_ca(settings),
         "user": None,
         "password": None,
     }
