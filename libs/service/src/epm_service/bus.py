@@ -10,10 +10,13 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from epm_service import natsfast
 from epm_service.settings import Settings
 from epm_service.tls import nats_client_context
 
 log = logging.getLogger(__name__)
+
+natsfast.install()  # every process that connects through here parses headers faster
 
 
 @dataclass
