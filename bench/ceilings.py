@@ -60,7 +60,8 @@ async def consume_ceiling(bus: Bus, count: int, stream: str = EVENTS.name) -> Ro
         pending_msgs_limit=-1,
         pending_bytes_limit=-1,
     )
-    await asyncio.wait_for(done.wait(), timeout=300)
+    async with asyncio.timeout(300):
+        await done.wait()
     elapsed = time.perf_counter() - started
     await sub.unsubscribe()
     return Row(CONSUME, round(count / elapsed, 1), "msg/s")

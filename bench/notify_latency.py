@@ -104,7 +104,8 @@ async def notify_latency(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(create(f"req-bench-{i:06d}")))
         await asyncio.gather(*tasks)
-        await asyncio.wait_for(all_in.wait(), timeout=60 + count / rate)
+        async with asyncio.timeout(60 + count / rate):
+            await all_in.wait()
     finally:
         await service.stop()
         await runner.cleanup()

@@ -206,7 +206,8 @@ async def online_request(
             body, headers = d.message(reply)
             started = time.perf_counter()
             await bus.nc.publish(d.subject, body, headers=headers)
-            answer = orjson.loads(await asyncio.wait_for(fut, 30))
+            async with asyncio.timeout(30):
+                answer = orjson.loads(await fut)
             elapsed = time.perf_counter() - started
             assert answer["status"] == "approved", answer
             return elapsed

@@ -358,7 +358,8 @@ async def check_exactly_once(bus: Bus, after: int, devices: int, per_device: int
         pending_msgs_limit=-1,
         pending_bytes_limit=-1,
     )
-    await asyncio.wait_for(done.wait(), 120)
+    async with asyncio.timeout(120):
+        await done.wait()
     await sub.unsubscribe()
     each_record_once(counts, expected, devices, "EPM_EVENTS")
 

@@ -526,7 +526,8 @@ class Agent:
                 acked: list[list[LogRecord]] = []
                 try:
                     for chunk, fut in pending:
-                        await asyncio.wait_for(fut, UPLOAD_ACK_TIMEOUT)
+                        async with asyncio.timeout(UPLOAD_ACK_TIMEOUT):
+                            await fut
                         acked.append(chunk)
                 finally:  # what the stream acknowledged is sent, even if a later batch failed
                     if acked:
@@ -627,7 +628,8 @@ class Agent:
             **({"tls": tls} if tls is not None else {}),
         )
         try:
-            self._bus = await asyncio.wait_for(connecting, 3 * self.connect_timeout)
+            async with asyncio.timeout(3 * self.connect_timeout):
+                self._bus = await connecting
         except ssl.SSLCertVerificationError as exc:
             raise untrusted(identity.nats_url, state.nats_ca_path, exc) from None
         except (TimeoutError, nats.errors.Error, OSError):

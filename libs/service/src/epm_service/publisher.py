@@ -38,7 +38,8 @@ async def gather_acks(
     unfinished ones cancelled, freeing their slots among the connection's pending
     publishes). A timeout is transient: publish again with the same Nats-Msg-Ids."""
     try:
-        return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+        async with asyncio.timeout(timeout):
+            return list(await asyncio.gather(*futures))
     finally:
         for fut in futures:
             if not fut.done():
@@ -187,7 +188,8 @@ class BulkPublisher:
         try:
             for i, (subject, payload, headers) in enumerate(messages):
                 await publish(subject, payload, reply=f"{reply}{i}", headers=headers)
-            return await asyncio.wait_for(acks.done, timeout)
+            async with asyncio.timeout(timeout):
+                return await acks.done
         finally:
             del self._sets[token]
 

@@ -166,5 +166,6 @@ class DeviceCredentials:
                 reconnect_time_wait=0.5,
                 tls=nats_client_context(self.settings),
             )
-            self._sys = await asyncio.wait_for(connecting, 2 * PUSH_TIMEOUT)
+            async with asyncio.timeout(2 * PUSH_TIMEOUT):
+                self._sys = await connecting
         return self._sys

@@ -108,7 +108,8 @@ class Child:
                 f"restarting in {delay:g}s (see {self.spec.log_file})",
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
             if self._stopping.is_set():
                 return
             self.restarts += 1
@@ -157,7 +158,8 @@ class Child:
             return
         _signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await proc.wait()
         except TimeoutError:
             self.report("warning", f"{self.name} did not stop within {timeout:g}s; killing it")
             _signal_group(proc.pid, signal.SIGKILL)

@@ -67,11 +67,13 @@ def http_ready(url: str) -> Callable[[], Awaitable[bool]]:
 def nats_ready(port: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except (OSError, TimeoutError):
             return False
         try:
-            return (await asyncio.wait_for(reader.read(4), 1.0)).startswith(b"INFO")
+            async with asyncio.timeout(1.0):
+                return (await reader.read(4)).startswith(b"INFO")
         except (OSError, TimeoutError):
             return False
         finally:
