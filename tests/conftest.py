@@ -138,7 +138,8 @@ def _report_hang(phase: str, nodeid: str) -> None:
 
     out = sys.stderr
     print(f"\n=== {nodeid} still in {phase} after {HANG_REPORT_SECONDS:.0f} s ===", file=out)
-    for task in list(asyncio.tasks._all_tasks):  # type: ignore[attr-defined]
+    # every loop's tasks (asyncio.all_tasks() would need the hung loop's own thread)
+    for task in list(getattr(asyncio.tasks, "_all_tasks", ())):
         if task.done():
             continue
         print(f"--- task {task.get_name()}: {task.get_coro()!r}", file=out)
