@@ -112,3 +112,18 @@ def test_the_newest_policy_wins_whatever_order_it_is_read_in(tmp_path: Path) -> 
     assert state.apply_device_message(1, "m-1", "policy", newer)
     assert not state.apply_device_message(2, "m-2", "policy", older)
     assert state.require_identity().policy == {"app_codes": False, "admin_codes": True}
+
+
+def test_a_durable_transaction_syncs_its_commit_and_the_rest_do_not(tmp_path: Path) -> None:
+    """The offline log, spent codes and failed attempts commit with synchronous=FULL (they
+    must survive a power cut); everything else keeps NORMAL (WAL: no sync per commit)."""
+    state = opened(tmp_path)
+    assert state.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with state.transaction(durable=True) as db:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert state.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    with pytest.raises(RuntimeError), state.transaction(durable=True):
+        raise RuntimeError("rolled back")
+    assert state.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    with state.transaction() as db:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 1

@@ -149,8 +149,9 @@ class OfflineState:
         return read_lockout(self.db)
 
     def record_failure(self, now: datetime, request_codes: Sequence[str] = ()) -> FailureOutcome:
-        """One wrong code (against these pending challenges, for a response code)."""
-        with self.state.transaction() as db:
+        """One wrong code (against these pending challenges, for a response code); durable,
+        so switching the machine off does not reset the lockout."""
+        with self.state.transaction(durable=True) as db:
             lockout = after_failure(read_lockout(db), now)
             write_lockout(db, lockout)
             out = FailureOutcome(lockout)
@@ -177,9 +178,10 @@ class OfflineState:
     # --- redemption and the offline log -------------------------------------------------
 
     def redeem(self, device_id: str, now: datetime, redemption: Redemption) -> list[LogRecord]:
-        """Spend the code and write its records in one transaction; AlreadyUsed if a
-        concurrent command spent it first."""
-        with self.state.transaction() as db:
+        """Spend the code and write its records in one durable transaction (on disk before
+        the action is allowed, whatever stops the machine); AlreadyUsed if a concurrent
+        command spent it first."""
+        with self.state.transaction(durable=True) as db:
             if redemption.request_code is not None:
                 changed = db.execute(
                     "UPDATE offline_challenges SET state = 'used', closed_at = ?, "
@@ -232,7 +234,7 @@ class OfflineState:
 
     def end_admin_session(self, device_id: str, session: AdminSession) -> LogRecord | None:
         """Write AdminSessionEnded at the session's end time (once, whenever it is noticed)."""
-        with self.state.transaction() as db:
+        with self.state.transaction(durable=True) as db:
             still_open = db.execute(
                 "SELECT 1 FROM admin_sessions WHERE started_seq = ? AND ended_seq IS NULL",
                 (session.started_seq,),

@@ -281,9 +281,27 @@ class StateDir:
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): all of it, or nothing."""
+    def transaction(
+        self, *, durable: bool = False
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): all of it, or nothing.
+
+        ``durable``: on disk before the commit returns, also through a power cut or an OS
+        crash (``synchronous=FULL``: the WAL is synced at the commit). For what must never
+        be undone: a privileged action's log record, a spent code, a failed attempt. The
+        rest (marks of what was uploaded, say) is only resent if lost."""
+        if durable:
+            return self._durable_transaction()
         return self._transaction()
+
+    @contextlib.contextmanager
+    def _durable_transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._transaction() as db:
+                yield db
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
     @property
     def encryption_key_path(self) -> Path:
