@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -234,5 +235,36 @@ async def test_projector_moves_its_wal_into_the_database_file_off_the_loop(
                 break
             await asyncio.sleep(0.05)
         assert in_the_file_alone() >= 50
+    finally:
+        await p.stop()
+
+
+def file_size(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+async def test_a_grown_wal_is_truncated_though_commits_keep_coming(
+    bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passive checkpoint never rewinds a WAL that commits keep appending to; past
+    WAL_TRUNCATE_BYTES the checkpointer truncates it (here: at any size)."""
+    monkeypatch.setattr(projection, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(projection, "WAL_TRUNCATE_BYTES", 0)
+    path = tmp_path / "p.sqlite"
+    wal = f"{path}-wal"
+    p = Projector(bus.js, AppliedLog(), path, service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        sizes = []
+        for i in range(40):
+            [seq] = await publish(bus, tenants(1, start=i))
+            assert await p.wait_for(seq, timeout=10)
+            await asyncio.sleep(0.05)  # the checkpoint after that batch has run
+            sizes.append(file_size(wal))
+            if sizes[-1] == 0:
+                break
+        assert sizes[-1] == 0, sizes
+        assert await applied_count(p) == len(sizes)
     finally:
         await p.stop()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -55,6 +56,12 @@ connection and thread of its own, beside the writes, never in their way. SQLite'
 auto-checkpoint runs inside whichever commit crosses 1,000 pages, fsync included: on the
 event loop, that commit stalled every request behind it for tens of milliseconds, and on
 the writer thread it held the projection (and every read-your-writes wait) as long."""
+WAL_TRUNCATE_BYTES = 16 * 1024 * 1024
+"""A passive checkpoint never starts the WAL over while commits keep coming (SQLite only
+rewinds it when a checkpoint finished and no commit landed since): past this size the
+checkpointer truncates it, waiting at most ``WAL_TRUNCATE_WAIT_MS`` for the writer (an
+inline write that finds the lock taken goes to the writer thread meanwhile)."""
+WAL_TRUNCATE_WAIT_MS = 200
 
 
 class StoredMsg(NamedTuple):
@@ -545,7 +552,14 @@ class Projector:
         if self._cconn is None:
             self._cconn = sqlite3.connect(self.path, check_same_thread=False)
             self._cconn.execute("PRAGMA synchronous=NORMAL")
+            self._cconn.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
         self._cconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        try:
+            wal = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return
+        if wal > WAL_TRUNCATE_BYTES:
+            self._cconn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _close_checkpointer(self) -> None:
         if self._cconn is not None:
