@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -127,3 +128,20 @@ def test_a_durable_transaction_syncs_its_commit_and_the_rest_do_not(tmp_path: Pa
     assert state.db.execute("PRAGMA synchronous").fetchone()[0] == 1
     with state.transaction() as db:
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT that fails (here: a deferred foreign key still violated) is rolled back, and
+    a durable transaction's connection goes back to NORMAL."""
+    state = opened(tmp_path)
+    state.db.execute("PRAGMA foreign_keys=ON")
+    state.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    state.db.execute(
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER"
+        " REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError), state.transaction(durable=True) as db:
+        db.execute("INSERT INTO child (id, parent) VALUES (1, 99)")
+    assert not state.db.in_transaction
+    assert state.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert state.db.execute("SELECT count(*) FROM child").fetchone()[0] == 0

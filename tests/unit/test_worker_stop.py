@@ -62,3 +62,16 @@ async def test_cancel_and_wait_returns_for_a_finished_task() -> None:
     task = asyncio.create_task(asyncio.sleep(0))
     await task
     await cancel_and_wait(task)
+
+
+async def test_an_error_the_task_ended_with_is_logged_not_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("relay broke")
+
+    task = asyncio.create_task(fails(), name="relay")
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    [record] = [r for r in caplog.records if "had failed before it was stopped" in r.message]
+    assert record.exc_info is not None and "relay broke" in str(record.exc_info[1])

@@ -301,7 +301,8 @@ class StateDir:
             with self._transaction() as db:
                 yield db
         finally:
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if not self.db.in_transaction:  # SQLite refuses the change inside one
+                self.db.execute("PRAGMA synchronous=NORMAL")
 
     @property
     def encryption_key_path(self) -> Path:
@@ -315,7 +316,12 @@ class StateDir:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            if self.db.in_transaction:  # a failed COMMIT (disk full, I/O) may leave it open
+                self.db.execute("ROLLBACK")
+            raise
 
     # --- identity --------------------------------------------------------
 

@@ -4,8 +4,10 @@ way a service ends a task it started (``cancel_and_wait``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CANCEL_RETRY_SECONDS = 0.5
 
@@ -20,9 +22,13 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_RETRY_SECONDS)
-    if not task.cancelled():
-        with contextlib.suppress(Exception):
-            task.result()  # retrieved, so an error it ended with is not reported as lost
+    if not task.cancelled() and task.exception() is not None:
+        # It ended by itself, with an error nobody awaited: say so instead of dropping it.
+        log.error(
+            "task %s had failed before it was stopped",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
 
 
 class TaskWorker:
