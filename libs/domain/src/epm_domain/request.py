@@ -19,7 +19,6 @@ from epm_events.catalog import (
     Event,
     RequestCreated,
     RequestExpired,
-    RuleMatch,
     Scope,
 )
 
@@ -95,10 +94,7 @@ def decide(
     rule_id: str | None = None,
     grant_id: str | None = None,
     reason: str = "",
-    rule_name: str | None = None,
-    rule_match: RuleMatch | None = None,
 ) -> Approved | Denied:
-    """``rule_name``/``rule_match``: the rule ``rule_id`` names, as it will be created."""
     _require_open(request, now)
     if decision == "approve":
         return Approved(
@@ -108,18 +104,8 @@ def decide(
             rule_id=rule_id,
             grant_id=grant_id,
             reason=reason,
-            rule_name=rule_name,
-            rule_match=rule_match,
         )
-    return Denied(
-        request_id=request.id,
-        scope=scope,
-        by=by,
-        rule_id=rule_id,
-        reason=reason,
-        rule_name=rule_name,
-        rule_match=rule_match,
-    )
+    return Denied(request_id=request.id, scope=scope, by=by, rule_id=rule_id, reason=reason)
 
 
 def expire(request: Request, now: datetime) -> RequestExpired | None:

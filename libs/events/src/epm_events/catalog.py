@@ -207,11 +207,6 @@ class Approved(Event):
     rule_id: str | None = None
     grant_id: str | None = None
     reason: str = ""
-    # A technician's tenant/global decision: the rule it creates (``rule_id``) as the
-    # technician left it, so the rule can still be created exactly so if approval-svc
-    # stops between the decision and its RuleCreated (epm_approval.owed_rules).
-    rule_name: str | None = None
-    rule_match: RuleMatch | None = None
 
 
 class Denied(Event):
@@ -223,8 +218,6 @@ class Denied(Event):
     by: Actor
     rule_id: str | None = None
     reason: str = ""
-    rule_name: str | None = None  # as in Approved
-    rule_match: RuleMatch | None = None
 
 
 # --- approval-svc: rules, grants, offline ---------------------------------
@@ -241,6 +234,23 @@ class RuleCreated(Event):
     match: RuleMatch
     created_by: str
     source_request_id: str | None = None
+
+
+class RuleProposed(Event):
+    """The rule a technician's tenant/global decision will create (``rule_id``), as the
+    technician left it; appended just before the decision. If approval-svc stops between
+    the decision and its RuleCreated, the rule still owed is created exactly so
+    (epm_approval.owed_rules). A new event type rather than new fields on Approved/Denied:
+    a service not upgraded yet skips a type it has no use for, where a field it does not
+    know would make it refuse the decision itself."""
+
+    NAME = "RuleProposed"
+    AGGREGATE = "ruleproposal"
+    ID_FIELD = "rule_id"
+    rule_id: str
+    request_id: str
+    name: str = Field(min_length=1, max_length=200)
+    match: RuleMatch
 
 
 class RuleDisabled(Event):
@@ -458,6 +468,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     Approved,
     Denied,
     RuleCreated,
+    RuleProposed,
     RuleDisabled,
     GrantConsumed,
     OfflinePolicyChanged,

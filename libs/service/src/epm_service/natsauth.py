@@ -239,7 +239,15 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         publishes=(ALL_DEVICE, "_INBOX.*.*.>"),
     ),
     "approval-svc": ServiceGrant(
-        aggregates=("devicekey", "policy", "tenantkey", "request", "rule", "grant"),
+        aggregates=(
+            "devicekey",
+            "policy",
+            "tenantkey",
+            "request",
+            "rule",
+            "ruleproposal",
+            "grant",
+        ),
         publishes=(ALL_DEVICE,),
         subscribes=(f"{DEVICE_RPC_PREFIX}.*.*.*",),
     ),

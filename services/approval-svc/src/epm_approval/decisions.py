@@ -21,6 +21,7 @@ from epm_events.catalog import (
     Denied,
     GrantConsumed,
     RuleMatch,
+    RuleProposed,
     Scope,
 )
 from epm_events.ids import (
@@ -144,6 +145,16 @@ class Decisions:
             new_rule = rule_from_decision(request, args)
         by = Actor(kind="technician", id=principal.actor)
         rule_id = new_id("rule") if new_rule else None
+        rule_tenant = GLOBAL_TENANT if scope == "global" else request.tenant
+        if new_rule is not None and rule_id is not None:
+            # Before the decision: once the decision stands, the rule it owes is on record
+            # exactly as the technician left it (epm_approval.owed_rules).
+            name, match = new_rule
+            await self.a.publisher.append(
+                rule_tenant,
+                [RuleProposed(rule_id=rule_id, request_id=request.id, name=name, match=match)],
+                0,
+            )
         done = await self._append_decision(
             request,
             last_seq,
@@ -153,7 +164,6 @@ class Decisions:
             rule_id=rule_id,
             grant_id=request.id if (decision == "approve" and scope == "once") else None,
             reason=reason,
-            rule=new_rule,
         )
         ids = {"tenant": request.tenant, "request_id": request.id, "event_id": done.envelope.id}
         log.info("request decided", extra={**ids, "decision": decision, "scope": scope})
@@ -163,7 +173,7 @@ class Decisions:
             name, match = new_rule
             row = await append_rule(
                 self.a,
-                tenant=GLOBAL_TENANT if scope == "global" else request.tenant,
+                tenant=rule_tenant,
                 rule_id=rule_id,
                 name=name,
                 effect="allow" if decision == "approve" else "deny",
@@ -189,7 +199,6 @@ class Decisions:
         rule_id: str | None,
         grant_id: str | None,
         reason: str,
-        rule: tuple[str, RuleMatch] | None,
     ) -> Appended:
         for _attempt in range(2):
             try:
@@ -202,8 +211,6 @@ class Decisions:
                     rule_id=rule_id,
                     grant_id=grant_id,
                     reason=reason,
-                    rule_name=rule[0] if rule else None,
-                    rule_match=rule[1] if rule else None,
                 )
             except RequestError as exc:
                 raise Conflict(str(exc), extra={"reason": exc.reason}) from None

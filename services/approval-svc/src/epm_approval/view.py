@@ -25,6 +25,7 @@ from epm_events.catalog import (
     RuleCreated,
     RuleDisabled,
     RuleMatch,
+    RuleProposed,
 )
 from epm_events.ids import GLOBAL_TENANT
 from epm_service.projection import Applied, Handler, Projection
@@ -60,8 +61,9 @@ class ApprovalView(Projection):
         rule_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant TEXT NOT NULL,
         effect TEXT NOT NULL, decided_by TEXT NOT NULL, decision_event_id TEXT NOT NULL
     );
-    -- the owed rule's name and match as the technician left them (decisions recorded
-    -- before events carried them have none here: the request's draft stands in)
+    -- a proposed rule's name and match as the technician left them (RuleProposed), until
+    -- the rule exists; an owed rule without one (decided before RuleProposed existed)
+    -- is created from the request's draft
     CREATE TABLE IF NOT EXISTS rules_owed_spec (
         rule_id TEXT PRIMARY KEY, name TEXT NOT NULL, match TEXT NOT NULL
     );
@@ -74,6 +76,7 @@ class ApprovalView(Projection):
             Denied: on_denied,
             RequestExpired: on_request_event,
             RuleCreated: on_rule_created,
+            RuleProposed: on_rule_proposed,
             RuleDisabled: on_rule_disabled,
             GrantConsumed: on_grant_consumed,
         }
@@ -130,17 +133,21 @@ def owe_rule(conn: sqlite3.Connection, e: Approved | Denied, at: Applied) -> Non
             e.rule_id,
         ),
     )
-    if e.rule_name is not None and e.rule_match is not None:
-        conn.execute(
-            "INSERT OR IGNORE INTO rules_owed_spec (rule_id, name, match) SELECT ?,?,?"
-            " WHERE EXISTS (SELECT 1 FROM rules_owed WHERE rule_id = ?)",
-            (
-                e.rule_id,
-                e.rule_name,
-                orjson.dumps(e.rule_match.model_dump(mode="json", exclude_none=True)).decode(),
-                e.rule_id,
-            ),
-        )
+
+
+def on_rule_proposed(conn: sqlite3.Connection, e: RuleProposed, at: Applied) -> None:
+    """Kept until the rule is created (``on_rule_created`` removes it); a proposal whose
+    decision lost (another decided first) stays behind, unused and small."""
+    conn.execute(
+        "INSERT OR IGNORE INTO rules_owed_spec (rule_id, name, match)"
+        " SELECT ?,?,? WHERE NOT EXISTS (SELECT 1 FROM rules WHERE id = ?)",
+        (
+            e.rule_id,
+            e.name,
+            orjson.dumps(e.match.model_dump(mode="json", exclude_none=True)).decode(),
+            e.rule_id,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
