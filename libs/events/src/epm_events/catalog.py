@@ -241,8 +241,8 @@ class RuleProposed(Event):
     technician left it; appended just before the decision. If approval-svc stops between
     the decision and its RuleCreated, the rule still owed is created exactly so
     (epm_approval.owed_rules). A new event type rather than new fields on Approved/Denied:
-    a service not upgraded yet skips a type it has no use for, where a field it does not
-    know would make it refuse the decision itself."""
+    a service not upgraded yet dead-letters a type it does not know and goes on, where a
+    field it does not know would make it refuse the decision itself."""
 
     NAME = "RuleProposed"
     AGGREGATE = "ruleproposal"
