@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from nats.js import JetStreamContext
 
-from epm_service.projection import Projector
+from epm_service.projection import Projector, open_db
 from epm_service.publisher import gather_acks
 from epm_service.worker import TaskWorker
 
@@ -78,7 +78,7 @@ class OutboxRelay(TaskWorker):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._db, _connect, self.projector.path)
+        self._conn = await loop.run_in_executor(self._db, _connect, self.projector.path, 10_000)
         await super().start()
 
     async def stop(self) -> None:
@@ -115,7 +115,7 @@ class OutboxRelay(TaskWorker):
         # connection, and the loop runs one thing at a time, so it is never closed under a
         # running query.)
         if self._loop_conn is None:
-            self._loop_conn = _connect(self.projector.path, busy_timeout_ms=0)
+            self._loop_conn = _connect(self.projector.path, 0)
         rows = self._loop_conn.execute(
             "SELECT id, subject, payload, msg_id, headers FROM _outbox ORDER BY id LIMIT ?",
             (batch,),
@@ -131,24 +131,18 @@ class OutboxRelay(TaskWorker):
         last = rows[-1][0]
 
         def delete(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM _outbox WHERE id <= ?", (last,))
-            conn.commit()
+            conn.execute("DELETE FROM _outbox WHERE id <= ?", (last,))  # autocommit
 
         try:
             delete(self._loop_conn)  # the usual case: nobody holds the write lock
         except sqlite3.OperationalError:
             # Locked by the projection's writer thread (a large batch): wait there, not here.
-            self._loop_conn.rollback()
             await self._in_db(delete)
         return len(rows) == batch
 
 
-def _connect(path: Path, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    # As the projection's own connection (open_db): the default (FULL) syncs the WAL at
-    # every commit, an fsync per relayed round. A delete lost to a power cut only relays
-    # its rows again, and Nats-Msg-Id makes that a duplicate.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")  # the projector checkpoints, off the loop
-    return conn
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    # The projection's own kind of connection: no sync per commit (a delete lost to a power
+    # cut only relays its rows again, and Nats-Msg-Id makes that a duplicate), and no
+    # checkpoint inside a commit on the loop (the projector checkpoints the file).
+    return open_db(path, busy_timeout_ms=busy_timeout_ms, checkpoints=False)

@@ -173,12 +173,20 @@ def mark_processed(conn: sqlite3.Connection, event_id: str, seq: int) -> bool:
     return cur.rowcount == 1
 
 
-def open_db(path: Path) -> sqlite3.Connection:
+def open_db(
+    path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, checkpoints: bool = True
+) -> sqlite3.Connection:
+    """A connection to a projection's file (autocommit; WAL; no sync per commit).
+    ``checkpoints=False`` for a connection that commits on the event loop: SQLite's
+    auto-checkpoint (fsync included) would run inside one of its commits; the Projector
+    checkpoints the file on a thread of its own instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    if not checkpoints:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
 
 
@@ -519,8 +527,7 @@ class Projector:
     # --- writer thread ----------------------------------------------------
 
     def _open(self) -> int:
-        conn = open_db(self.path)
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # _checkpoint does it, off the loop
+        conn = open_db(self.path, checkpoints=False)  # _checkpoint does it, off the loop
         conn.executescript(BOOKKEEPING)
         if self.projection.schema:
             conn.executescript(self.projection.schema)
@@ -550,9 +557,7 @@ class Projector:
         """Passive: copies what no reader still needs and waits for nobody (its own thread
         and connection; the writes go on meanwhile)."""
         if self._cconn is None:
-            self._cconn = sqlite3.connect(self.path, check_same_thread=False)
-            self._cconn.execute("PRAGMA synchronous=NORMAL")
-            self._cconn.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
+            self._cconn = open_db(self.path, busy_timeout_ms=WAL_TRUNCATE_WAIT_MS)
         self._cconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         try:
             wal = os.path.getsize(f"{self.path}-wal")

@@ -8,8 +8,9 @@ every ``CHECK_SECONDS`` and creates a rule that was already owed at the previous
 (so a decision being made this very moment, here or on another replica, is left to
 finish). The rule is the one the technician decided on: its name and match are on record
 before the decision (RuleProposed); for a decision recorded before that event existed,
-the request's draft stands in (``rule_draft``). Its event id is the one ``decide`` would have used, and the rule aggregate must
-not exist yet: of every replica's worker and a late ``decide``, exactly one writes it.
+the request's draft stands in (``rule_draft``). Its event id is the one ``decide`` would
+have used, and the rule aggregate must not exist yet: of every replica's worker and a
+late ``decide``, exactly one writes it.
 """
 
 from __future__ import annotations
