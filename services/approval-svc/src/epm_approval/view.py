@@ -64,7 +64,7 @@ class ApprovalView(Projection):
     -- a proposed rule's name and match as the technician left them (RuleProposed), until
     -- the rule exists; an owed rule without one (decided before RuleProposed existed)
     -- is created from the request's draft
-    CREATE TABLE IF NOT EXISTS rules_owed_spec (
+    CREATE TABLE IF NOT EXISTS rules_proposed (
         rule_id TEXT PRIMARY KEY, name TEXT NOT NULL, match TEXT NOT NULL
     );
     """
@@ -139,12 +139,12 @@ def on_rule_proposed(conn: sqlite3.Connection, e: RuleProposed, at: Applied) -> 
     """Kept until the rule is created (``on_rule_created`` removes it); a proposal whose
     decision lost (another decided first) stays behind, unused and small."""
     conn.execute(
-        "INSERT OR IGNORE INTO rules_owed_spec (rule_id, name, match)"
+        "INSERT OR IGNORE INTO rules_proposed (rule_id, name, match)"
         " SELECT ?,?,? WHERE NOT EXISTS (SELECT 1 FROM rules WHERE id = ?)",
         (
             e.rule_id,
             e.name,
-            orjson.dumps(e.match.model_dump(mode="json", exclude_none=True)).decode(),
+            match_json(e.match),
             e.rule_id,
         ),
     )
@@ -159,7 +159,7 @@ class OwedRule:
     decided_by: str
     decision_event_id: str
     name: str | None = None
-    """As the technician left it; None for decisions recorded before events carried it."""
+    """As the technician left it (RuleProposed); None for decisions recorded before it."""
     match: RuleMatch | None = None
 
 
@@ -167,13 +167,10 @@ def owed_rules(conn: sqlite3.Connection) -> list[OwedRule]:
     rows = conn.execute(
         "SELECT o.rule_id, o.request_id, o.tenant, o.effect, o.decided_by,"
         " o.decision_event_id, s.name, s.match"
-        " FROM rules_owed o LEFT JOIN rules_owed_spec s ON s.rule_id = o.rule_id"
+        " FROM rules_owed o LEFT JOIN rules_proposed s ON s.rule_id = o.rule_id"
         " ORDER BY o.rowid"
     ).fetchall()
-    return [
-        OwedRule(*row[:7], RuleMatch.model_validate_json(row[7]) if row[7] else None)
-        for row in rows
-    ]
+    return [OwedRule(*row[:7], match_of(row[7]) if row[7] else None) for row in rows]
 
 
 def find_request(conn: sqlite3.Connection, request_id: str) -> tuple[Request, int] | None:
@@ -215,6 +212,15 @@ class RuleRow:
         return out
 
 
+def match_json(match: RuleMatch) -> str:
+    """How a rule's match is stored (rules, rules_proposed): the fields it sets."""
+    return orjson.dumps(match.model_dump(mode="json", exclude_none=True)).decode()
+
+
+def match_of(stored: str) -> RuleMatch:
+    return RuleMatch.model_validate_json(stored)
+
+
 _RULE_COLUMNS = (
     "id, name, tenant, effect, match, enabled, created_by, source_request_id, created_seq, last_seq"
 )
@@ -227,7 +233,7 @@ def _rule_row(row: tuple[Any, ...]) -> RuleRow:
         name=name,
         tenant=tenant,
         effect=effect,
-        match=RuleMatch.model_validate(orjson.loads(match)),
+        match=match_of(match),
         enabled=bool(enabled),
     )
     return RuleRow(rule, created_by, source, int(created_seq), int(last_seq))
@@ -235,7 +241,7 @@ def _rule_row(row: tuple[Any, ...]) -> RuleRow:
 
 def on_rule_created(conn: sqlite3.Connection, e: RuleCreated, at: Applied) -> None:
     conn.execute("DELETE FROM rules_owed WHERE rule_id = ?", (e.rule_id,))
-    conn.execute("DELETE FROM rules_owed_spec WHERE rule_id = ?", (e.rule_id,))
+    conn.execute("DELETE FROM rules_proposed WHERE rule_id = ?", (e.rule_id,))
     conn.execute(
         f"INSERT OR IGNORE INTO rules ({_RULE_COLUMNS}, scope) VALUES (?,?,?,?,?,1,?,?,?,?,?)",
         (
@@ -243,7 +249,7 @@ def on_rule_created(conn: sqlite3.Connection, e: RuleCreated, at: Applied) -> No
             e.name,
             at.env.tenant,
             e.effect,
-            orjson.dumps(e.match.model_dump(exclude_none=True)).decode(),
+            match_json(e.match),
             e.created_by,
             e.source_request_id,
             at.seq,
