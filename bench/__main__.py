@@ -135,6 +135,7 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
                 workdir / "online",
                 1_000 if quick else 5_000,
                 ceiling_p99_us=request_p99.value,
+                server_pid=server.proc.pid if server.proc else None,
             )
         finally:
             await responder.close()

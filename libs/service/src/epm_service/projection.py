@@ -62,6 +62,11 @@ rewinds it when a checkpoint finished and no commit landed since): past this siz
 checkpointer truncates it, waiting at most ``WAL_TRUNCATE_WAIT_MS`` for the writer (an
 inline write that finds the lock taken goes to the writer thread meanwhile)."""
 WAL_TRUNCATE_WAIT_MS = 200
+COALESCE_SECONDS = 0.005
+"""Default of ``Projection.coalesce_seconds``. At an online request's pace each event came
+alone and cost a commit of its own (every b-tree page it touched written to the WAL, twice
+per request); gathered for 5 ms under load, a commit carries several and shares their
+pages (bench/README.md, "Online request")."""
 
 
 class StoredMsg(NamedTuple):
@@ -131,6 +136,10 @@ class Projection:
     """Subscribe to the event types in ``handlers()`` only (one filter subject each), so
     the rest never cross the wire: for a projection that keeps a few kinds out of many
     (the tenant directory). ``Projector.wait_for`` still answers for any sequence."""
+    coalesce_seconds: float = COALESCE_SECONDS
+    """Live (a trickle, not a backlog), how long a Projector may gather events before it
+    writes them, so one commit carries several: unless someone waits for one of them
+    (``Projector.wait_for``), then it writes at once. 0 writes every event as it comes."""
     watched: frozenset[str] = frozenset()
     """Event names whose last committed sequence the Projector keeps in ``last_seq_of``,
     so in-memory caches over the projection know cheaply when to reload."""
@@ -222,6 +231,8 @@ class Projector:
         self._rconns: dict[int, sqlite3.Connection] = {}
         self._buf: list[StoredMsg] = []
         self._has_msgs = asyncio.Event()
+        self._wake = asyncio.Event()  # ends a coalescing wait: a reader waits, or a full batch
+        self._wanted = 0  # the highest sequence a wait_for is waiting for
         self._has_space = asyncio.Event()
         self._has_space.set()
         self._advanced = asyncio.Condition()
@@ -348,6 +359,9 @@ class Projector:
         applied."""
         if self.position >= seq:
             return True
+        if seq > self._wanted:
+            self._wanted = seq
+            self._wake.set()  # no coalescing while someone waits: write what is buffered now
         if self._filters is None:
             return await self.wait_past(seq - 1, timeout)
         loop = asyncio.get_running_loop()
@@ -390,16 +404,29 @@ class Projector:
         return not cinfo.num_pending and not self._buf and self.position >= (delivered or 0)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a query on a read connection off the event loop."""
+        """Run a query on a read connection off the event loop, after writing what the
+        projection has received (a batch gathering for ``coalesce_seconds``): a query
+        answers with every event this service has seen, as if nothing were gathered."""
+        await self._write_received()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._read, fn)
+
+    async def _write_received(self, timeout: float = 5.0) -> None:
+        received = self._last_seq
+        if self.position >= received or self._task is None:
+            return
+        if received > self._wanted:
+            self._wanted = received
+            self._wake.set()
+        await self.wait_past(received - 1, timeout)
 
     def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a SMALL indexed query right here on the event loop.
 
         For hot paths (an online request's device or grant lookup) where the hop
         to a reader thread costs more than the query; anything that may scan
-        belongs in ``read``. WAL readers never wait for the writer.
+        belongs in ``read``. WAL readers never wait for the writer. It sees what is
+        committed, not a batch still gathering: ``wait_for`` first where that matters.
         """
         if self._loop_conn is None:
             self._loop_conn = sqlite3.connect(self.path, check_same_thread=False)
@@ -423,6 +450,8 @@ class Projector:
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
         self._has_msgs.set()
+        if len(self._buf) >= INLINE_BATCH:
+            self._wake.set()
         if len(self._buf) >= self.max_buffer:
             self._has_space.clear()
             await self._has_space.wait()
@@ -439,6 +468,7 @@ class Projector:
         loop = asyncio.get_running_loop()
         while True:
             await self._has_msgs.wait()
+            await self._coalesce()
             batch = self._buf[: self.max_batch]
             del self._buf[: self.max_batch]
             if not self._buf:
@@ -484,6 +514,19 @@ class Projector:
                 )
             async with self._advanced:
                 self._advanced.notify_all()
+
+    async def _coalesce(self) -> None:
+        """Live and with nobody waiting, give the next events ``coalesce_seconds`` to join
+        the batch (a backlog is batched by the consumer already)."""
+        wait = self.projection.coalesce_seconds
+        if not wait or not self._live or self._wanted > self.position:
+            return
+        self._wake.clear()
+        if len(self._buf) >= INLINE_BATCH:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     async def _write_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[StoredMsg]

@@ -81,9 +81,9 @@ async def read_caught_up(
     found = await projector.read(query)
     if found is None:
         info = await js.stream_info(EVENTS.name)
-        if projector.position < info.state.last_seq and await projector.wait_for(
-            info.state.last_seq, timeout=5
-        ):
+        # Ask again even if the projection is there already: it may have applied the
+        # write between the first query and the stream's answer.
+        if await projector.wait_for(info.state.last_seq, timeout=5):
             found = await projector.read(query)
     return found
 
