@@ -268,3 +268,28 @@ async def test_a_grown_wal_is_truncated_though_commits_keep_coming(
         assert await applied_count(p) == len(sizes)
     finally:
         await p.stop()
+
+
+class SlowGathering(AppliedLog):
+    coalesce_seconds = 60.0  # live events would wait a minute for company
+
+
+async def test_gathered_live_events_are_written_at_once_for_a_waiter_or_a_query(
+    bus: Bus, tmp_path: Path
+) -> None:
+    p = Projector(bus.js, SlowGathering(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        [seq] = await publish(bus, tenants(1))
+        assert await p.wait_for(seq, timeout=5)  # not a minute: someone waits
+        assert await applied_count(p) == 1
+        [seq] = await publish(bus, tenants(1, start=1))
+        for _ in range(500):  # until the consumer has handed it over (gathering now)
+            if p._last_seq >= seq:
+                break
+            await asyncio.sleep(0.01)
+        assert p.position < seq
+        assert await applied_count(p) == 2  # a query writes what was received first
+    finally:
+        await p.stop()
