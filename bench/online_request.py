@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -42,6 +43,17 @@ P99 = "online.request.p99"
 TENANT = "bench"
 SHA = "ab" * 32
 DEVICES = 20
+
+
+@dataclass(frozen=True)
+class Run:
+    latencies: list[float]  # sorted, seconds
+    achieved: float  # requests/s
+    cpu_us: list[int]  # per request: each service, nats-server, this process
+
+    @property
+    def p99(self) -> float:
+        return self.latencies[int(0.99 * (len(self.latencies) - 1))] * 1000
 
 
 class Device:
@@ -147,6 +159,7 @@ async def online_request(
     rate: float = 500.0,
     ceiling_p99_us: float | None = None,
     server_pid: int | None = None,
+    repeats: int = 3,
 ) -> list[Row]:
     procs = start_services(bus.nc.connected_url.geturl() if bus.nc.connected_url else "", workdir)
     try:
@@ -222,35 +235,47 @@ async def online_request(
 
         for i in range(min(200, count)):  # warm-up: caches, consumers, JIT-less paths
             await one(-1 - i, prepared(-1 - i))
-        # Each device signs its own request on its own machine: signed before the clock,
-        # so this one process playing twenty devices does not compete with the services
-        # for the same two cores while it measures them.
-        messages = [prepared(i) for i in range(count)]
-        tasks = []
         pids = [p.pid for p in procs] + ([server_pid] if server_pid else [])
-        cpu0 = [cpu_seconds(pid) for pid in pids]
-        client0 = time.process_time()
-        t0 = time.perf_counter()
-        for i in range(count):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, messages[i])))
-        latencies = sorted(await asyncio.gather(*tasks))
-        achieved = count / (time.perf_counter() - t0)
-        cpu_us = [
-            round((cpu_seconds(pid) - c0) / count * 1e6) for pid, c0 in zip(pids, cpu0, strict=True)
-        ]
-        cpu_us.append(round((time.process_time() - client0) / count * 1e6))
+
+        async def timed(first: int) -> Run:
+            # Each device signs its own request on its own machine: signed before the
+            # clock, so this one process playing twenty devices does not compete with the
+            # services for the same two cores while it measures them.
+            messages = [prepared(first + i) for i in range(count)]
+            tasks = []
+            cpu0 = [cpu_seconds(pid) for pid in pids]
+            client0 = time.process_time()
+            t0 = time.perf_counter()
+            for i in range(count):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(first + i, messages[i])))
+            latencies = sorted(await asyncio.gather(*tasks))
+            achieved = count / (time.perf_counter() - t0)
+            cpu_us = [
+                round((cpu_seconds(pid) - c0) / count * 1e6)
+                for pid, c0 in zip(pids, cpu0, strict=True)
+            ]
+            cpu_us.append(round((time.process_time() - client0) / count * 1e6))
+            return Run(latencies, achieved, cpu_us)
+
+        # Like every other row, the best of the repeats: on this shared machine a run
+        # mostly measures its neighbours (all runs' p99 are in the unit).
+        runs = [await timed(k * count) for k in range(repeats)]
     finally:
         stop_services(procs)
+    best = min(runs, key=lambda r: r.p99)
+    latencies, achieved, cpu_us = best.latencies, best.achieved, best.cpu_us
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
     ceiling = round(ceiling_p99_us / 1000, 3) if ceiling_p99_us else None
-    names = ["request-svc", "approval-svc"] + (["nats-server"] if server_pid else []) + ["agents"]
+    names = ["request-svc", "approval-svc"] + (["nats-server"] if server_pid else []) + ["devices"]
     note = f"at {achieved:,.0f} req/s; CPU/request µs: " + ", ".join(
         f"{name} {us}" for name, us in zip(names, cpu_us, strict=True)
     )
+    if len(runs) > 1:
+        note += "; p99 of each run (ms): " + ", ".join(f"{r.p99:.1f}" for r in runs)
     return [
         Row(
             P50,
