@@ -293,3 +293,24 @@ async def test_gathered_live_events_are_written_at_once_for_a_waiter_or_a_query(
         assert await applied_count(p) == 2  # a query writes what was received first
     finally:
         await p.stop()
+
+
+async def test_a_gathering_projection_says_whether_what_it_still_holds_matters(
+    bus: Bus, tmp_path: Path
+) -> None:
+    p = Projector(bus.js, SlowGathering(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        [seq] = await publish(bus, tenants(1))
+        assert not p.settled_through(seq, lambda m: False)  # not even arrived yet
+        for _ in range(500):
+            if p._last_seq >= seq:
+                break
+            await asyncio.sleep(0.01)
+        assert p.position < seq  # still gathering, unwritten
+        assert p.settled_through(seq, lambda m: False)
+        assert not p.settled_through(seq, lambda m: m.subject.endswith(".TenantCreated"))
+        assert p.position < seq  # asking wrote nothing
+    finally:
+        await p.stop()

@@ -111,3 +111,37 @@ def test_answers_name_who_decided() -> None:
     }
     assert decided_by(Actor(kind="rule", id="rule-1")) == "rule:rule-1"
     assert answer_of(request()) == {"status": "open"}
+
+
+def test_only_rules_grants_and_once_approvals_change_an_automatic_decision() -> None:
+    from epm_approval.view import affects_auto_decision
+    from epm_events.catalog import Approved, RuleDisabled
+    from epm_events.codec import encode
+    from epm_events.envelope import new_envelope, subject_of
+    from epm_service.projection import StoredMsg
+
+    def stored(event: object) -> StoredMsg:
+        env = new_envelope(event, tenant="acme", source="/epm/test")  # type: ignore[arg-type]
+        return StoredMsg(1, subject_of(env), encode(env), env.id, 0)
+
+    by_rule = Approved(request_id="req-1", scope="tenant", by=Actor(kind="rule", id="r"))
+    once = Approved(
+        request_id="req-1", scope="once", by=Actor(kind="technician", id="t"), grant_id="req-1"
+    )
+    assert not affects_auto_decision(stored(by_rule))
+    assert affects_auto_decision(stored(once))
+    assert affects_auto_decision(stored(RuleDisabled(rule_id="r", disabled_by="ann")))
+    assert not affects_auto_decision(
+        stored(
+            RequestCreated(
+                request_id="req-2",
+                device_id="dev-1",
+                user="bob",
+                app=APP,
+                created_at=NOW,
+                expires_at=NOW + timedelta(days=4),
+            )
+        )
+    )
+    broken = StoredMsg(1, "epm.evt.acme.request.req-1.Approved", b"{not json", None, 0)
+    assert affects_auto_decision(broken)

@@ -41,7 +41,7 @@ from epm_approval.context import Approval
 from epm_approval.history import load_request
 from epm_approval.rule_admin import append_rule, require_match
 from epm_approval.rules import draft_from_request
-from epm_approval.view import find_request, unused_grants
+from epm_approval.view import affects_auto_decision, find_request, unused_grants
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,12 @@ class Decisions:
         expected = integer(args, "expected_seq", low=1)
         # Every rule and grant recorded before the request has a smaller sequence: once the
         # projection has applied everything up to the request, the answer accounts for all
-        # of them (waiting for the request itself would add a projection round trip).
-        if not await self.a.view.wait_for(expected - 1, timeout=AUTO_DECIDE_WAIT_SECONDS):
+        # of them (waiting for the request itself would add a projection round trip). What
+        # it has received but still gathers for one commit is usually other requests'
+        # events, which change no rule or grant: then it need not be written first.
+        if not self.a.view.settled_through(
+            expected - 1, affects_auto_decision
+        ) and not await self.a.view.wait_for(expected - 1, timeout=AUTO_DECIDE_WAIT_SECONDS):
             log.warning(
                 "projection behind; request left open for a technician",
                 extra={"tenant": tenant, "request_id": request_id, "expected_seq": expected},

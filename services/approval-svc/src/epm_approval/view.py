@@ -28,7 +28,7 @@ from epm_events.catalog import (
     RuleProposed,
 )
 from epm_events.ids import GLOBAL_TENANT
-from epm_service.projection import Applied, Handler, Projection
+from epm_service.projection import Applied, Handler, Projection, StoredMsg
 from pydantic import TypeAdapter
 
 from epm_approval.rules import Rule
@@ -80,6 +80,26 @@ class ApprovalView(Projection):
             RuleDisabled: on_rule_disabled,
             GrantConsumed: on_grant_consumed,
         }
+
+
+# --- what an automatic decision reads ----------------------------------------------
+
+_DECIDING = frozenset({RuleCreated.NAME, RuleDisabled.NAME, GrantConsumed.NAME})
+
+
+def affects_auto_decision(m: StoredMsg) -> bool:
+    """Whether an event changes what ``auto_decide`` reads (rules and unused grants): a rule
+    created or disabled, a grant consumed, or a once-approval, which issues a grant. The
+    request events of other requests (most of the stream) do not."""
+    name = m.subject[m.subject.rfind(".") + 1 :]
+    if name in _DECIDING:
+        return True
+    if name != Approved.NAME:
+        return False
+    try:
+        return orjson.loads(m.data)["data"].get("grant_id") is not None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return True  # unreadable here: let the projection settle it
 
 
 # --- requests -----------------------------------------------------------------
