@@ -5,7 +5,6 @@ or a lost acknowledgement fails the set in bounded time, and nothing is left beh
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from epm_events.streams import EVENTS
@@ -16,6 +15,8 @@ from epm_service.publisher import (
     WRONG_LAST_SEQUENCE,
     BulkPublisher,
 )
+from nats.aio.msg import Msg
+from nats.errors import BadSubjectError
 from nats.js.errors import APIError, NoStreamResponseError
 
 pytestmark = pytest.mark.integration
@@ -66,26 +67,49 @@ async def test_a_subject_no_stream_takes_fails_the_set(bus: Bus) -> None:
         await bulk.publish([("nowhere.at.all", b"{}", {MSG_ID: "x"})], timeout=10)
 
 
-async def test_a_lost_acknowledgement_fails_the_set_in_bounded_time(
-    bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_lost_acknowledgement_fails_the_set_in_bounded_time(bus: Bus) -> None:
     """nats-py never fails a publish lost with its server: the set times out instead, and a
-    late acknowledgement of it is dropped."""
+    late acknowledgement of it is dropped. (The acknowledgement is what goes missing here,
+    taken from the reply subscription; the set's messages are written as one buffer.)"""
     bulk = BulkPublisher(bus.nc)
     await bulk.publish(messages(1), timeout=10)  # subscribed
-    real_publish = bus.nc.publish
+    deliver = bulk._sub._cb
     lost: list[str] = []
 
-    async def lossy(subject: str, payload: bytes = b"", **kw: Any) -> None:
+    async def lossy(msg: Msg) -> None:
         if not lost:
-            lost.append(subject)
+            lost.append(msg.subject)
             return
-        await real_publish(subject, payload, **kw)
+        await deliver(msg)
 
-    monkeypatch.setattr(bus.nc, "publish", lossy)
-    with pytest.raises(TimeoutError):
-        await bulk.publish(messages(5, first=10), timeout=0.5)
+    bulk._sub._cb = lossy
+    try:
+        with pytest.raises(TimeoutError):
+            await bulk.publish(messages(5, first=10), timeout=0.5)
+    finally:
+        bulk._sub._cb = deliver
     assert lost and not bulk._sets
-    monkeypatch.setattr(bus.nc, "publish", real_publish)
     stored = await bulk.publish(messages(5, first=10), timeout=10)  # the retry completes it
-    assert [s.duplicate for s in stored] == [False] + [True] * 4
+    assert [s.duplicate for s in stored] == [True] * 5
+
+
+async def test_a_set_goes_out_as_client_publish_would_send_it(bus: Bus) -> None:
+    """The set is written as one buffer of HPUB commands; a message ``Client.publish`` would
+    change or refuse sends the whole set its way (refused there as usual)."""
+    sub = await bus.nc.subscribe("bulk.check.>")
+    bulk = BulkPublisher(bus.nc)
+    sent = [(f"bulk.check.{i}", b"x" * i, {MSG_ID: f"c-{i}", "Epm-Other": "v w"}) for i in range(3)]
+    with pytest.raises(TimeoutError):  # no stream takes bulk.check.*: nobody acknowledges
+        await bulk.publish(sent, timeout=0.3)
+    for subject, payload, headers in sent:
+        got = await sub.next_msg(timeout=5)
+        assert (got.subject, got.data, got.headers) == (subject, payload, headers)
+    assert got.reply.startswith(bulk._inbox)
+    odd = [("bulk.check.odd", b"{}", {MSG_ID: " padded "})]
+    with pytest.raises(TimeoutError):
+        await bulk.publish(odd, timeout=0.3)
+    got = await sub.next_msg(timeout=5)
+    assert got.headers == {MSG_ID: "padded"}  # nats-py's own trimming: it went that way
+    with pytest.raises(BadSubjectError):
+        await bulk.publish([("bulk check", b"{}", {MSG_ID: "x"})], timeout=10)
+    await sub.unsubscribe()

@@ -376,21 +376,22 @@ async def test_a_record_whose_publish_is_never_acknowledged_does_not_stall_the_d
     agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
     monkeypatch.setattr("epm_request.replay.PUBLISH_ACK_TIMEOUT", 0.5)
     nc = services.running[0].ctx.bus.nc
-    real_publish = nc.publish
-    lost: list[str] = []
+    real_send = nc._send_command
+    lost: list[bytes] = []
 
-    async def lossy(subject: str, payload: bytes = b"", **kw: Any) -> None:
-        headers = kw.get("headers") or {}
-        if (
-            subject.startswith("epm.evt.acme.device.")
-            and EXPECTED_LAST_SUBJECT_SEQ not in headers  # a record after the batch's first
-            and not lost
-        ):
-            lost.append(subject)  # never sent, never acknowledged
-            return
-        await real_publish(subject, payload, **kw)
+    async def lossy(cmd: bytes, priority: bool = False) -> None:
+        """Drops the first record after a batch's first from what goes on the wire (a set's
+        records are written as one buffer of HPUB commands: only that one goes missing)."""
+        if not lost and cmd.startswith(b"HPUB epm.evt.acme.device."):
+            line, _, rest = cmd.partition(b"\r\n")
+            total = int(line.split()[-1])
+            if EXPECTED_LAST_SUBJECT_SEQ.encode() not in rest[:total]:
+                lost.append(line)  # never sent, never acknowledged
+                cmd = rest[total + 2 :]
+        if cmd:
+            await real_send(cmd, priority)
 
-    monkeypatch.setattr(nc, "publish", lossy)
+    monkeypatch.setattr(nc, "_send_command", lossy)
     write_elevations(agent, 10)
     async with agent:
         first = await agent.sync(wait_seconds=20)

@@ -141,3 +141,25 @@ def test_records_of_many_devices_in_one_run(tmp_path: Any) -> None:
     after, rejected = both_ways(tmp_path, [enrolled, records[:37], records[37:]])
     assert rejected == []
     assert sorted(r[4] for r in after["device_log"]) == [20] * 5
+
+
+def test_repeated_records_in_a_run_are_skipped_as_one_by_one(tmp_path: Any) -> None:
+    """A run's ids are recorded in one statement: one seen in an earlier batch, and one
+    twice in the same run, are skipped as the generic way skips them (the first wins)."""
+    enrolled = [
+        stored(
+            1, DeviceEnrolled(device_id="pc-1", hostname="pc-1", public_key="k", enrollment_id="e")
+        )
+    ]
+    first = [elevation(2 + i, "pc-1", i + 1) for i in range(4)]
+    again = [
+        elevation(10, "pc-1", 5),
+        first[1]._replace(seq=11),  # applied in the batch before
+        elevation(12, "pc-1", 6),
+        elevation(13, "pc-1", 5, "ff" * 32)._replace(seq=13),  # the id of seq 10, in this run
+        elevation(14, "pc-1", 7),
+    ]
+    after, rejected = both_ways(tmp_path, [enrolled, first, again])
+    assert rejected == []
+    assert sorted(r[1] for r in after["_processed"]) == [1, 2, 3, 4, 5, 10, 12, 14]
+    assert {r[1]: r[2] for r in after["device_log_records"]}[5] == f"{5:064x}"

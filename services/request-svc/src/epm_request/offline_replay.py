@@ -116,7 +116,7 @@ def decide(
     prev_seq = 0
     refused_here: set[int] = set()  # already alerted: not a gap as well
     for entry in entries:
-        record, problem = _record_of(device_id, entry)
+        record, problem, uploaded = _record_of(device_id, entry)
         if record is None or problem is not None:
             out.refused += 1
             seq = record.device_seq if record is not None else entry.data.get("device_seq")
@@ -189,7 +189,7 @@ def decide(
         hashes[seq] = entry.record_hash
         last = max(last, seq)
         out.accepted.append(record)
-        out.uploaded.append({**entry.data, "record_hash": entry.record_hash})
+        out.uploaded.append(uploaded)
         if isinstance(record, OfflineCodeRedeemed):
             out.alerts.extend(_code_reuse(device_id, record, seen_codes, issued))
     return out
@@ -205,19 +205,24 @@ def _head_problem(batch: OfflineLogBatch) -> str | None:
     return None
 
 
-def _record_of(device_id: str, entry: OfflineLogEntry) -> tuple[OfflineRecord | None, str | None]:
+def _record_of(
+    device_id: str, entry: OfflineLogEntry
+) -> tuple[OfflineRecord | None, str | None, dict[str, Any]]:
+    """The record as its event, what is wrong with it (None: nothing), and its data as the
+    device signed it plus ``record_hash`` (what is appended)."""
+    uploaded = {**entry.data, "record_hash": entry.record_hash}
     cls = RECORD_EVENTS.get(entry.type)
     if cls is None:
-        return None, f"{entry.type!r} is not an offline record type"
+        return None, f"{entry.type!r} is not an offline record type", uploaded
     try:
-        record = cls.model_validate({**entry.data, "record_hash": entry.record_hash})
+        record = cls.model_validate(uploaded)
     except ValidationError as exc:
-        return None, f"not a valid {entry.type}: {str(exc).splitlines()[0]}"
+        return None, f"not a valid {entry.type}: {str(exc).splitlines()[0]}", uploaded
     if record.device_id != device_id:
-        return record, f"it names device {record.device_id!r}"
+        return record, f"it names device {record.device_id!r}", uploaded
     if record_hash(entry.prev_hash, {"type": entry.type, "data": entry.data}) != entry.record_hash:
-        return record, "its hash does not match its content (edited after it was written)"
-    return record, None
+        return record, "its hash does not match its content (edited after it was written)", uploaded
+    return record, None, uploaded
 
 
 def _tampered(device_id: str, entry: OfflineLogEntry, seq: Any, problem: str) -> Alert:

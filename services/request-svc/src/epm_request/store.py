@@ -45,7 +45,6 @@ from epm_service.projection import (
     Projection,
     Rejected,
     StoredMsg,
-    mark_processed,
 )
 from epm_service.tenants import on_tenant_created
 
@@ -144,7 +143,7 @@ class RequestStore(Projection):
 
     def _apply_records(self, conn: sqlite3.Connection, records: list[_Record]) -> None:
         """What ``on_offline_record`` does for each, for a run of records at once."""
-        fresh = [r for r in records if mark_processed(conn, r.event_id, r.seq)]
+        fresh = _mark_processed(conn, records)
         if len(fresh) < len(records):
             EVENTS_SKIPPED.labels(self.name).inc(len(records) - len(fresh))
         conn.executemany(
@@ -232,6 +231,34 @@ def _plain_record(m: StoredMsg) -> _Record | None:
     if type(device) is not str or type(seq) is not int or seq < 1 or type(record_hash) is not str:
         return None
     return _Record(m.seq, event_id, tenant, name, device, seq, record_hash)
+
+
+def _mark_processed(conn: sqlite3.Connection, records: list[_Record]) -> list[_Record]:
+    """``mark_processed`` for a run of records in one statement: the ones not applied
+    before, in order. All but always every id is new; otherwise the ones inserted now are
+    told from the ones recorded before by the stream sequence stored with each (a
+    sequence is applied once: a rolled-back batch takes its ids with it)."""
+    before = conn.total_changes
+    conn.executemany(
+        "INSERT OR IGNORE INTO _processed (event_id, seq) VALUES (?, ?)",
+        [(r.event_id, r.seq) for r in records],
+    )
+    if conn.total_changes - before == len(records):
+        return records
+    stored: dict[str, int] = {}
+    for i in range(0, len(records), LOOKUP_CHUNK):
+        chunk = [r.event_id for r in records[i : i + LOOKUP_CHUNK]]
+        marks = ",".join("?" * len(chunk))
+        stored.update(
+            conn.execute(
+                f"SELECT event_id, seq FROM _processed WHERE event_id IN ({marks})", chunk
+            ).fetchall()
+        )
+    return [r for r in records if stored.get(r.event_id) == r.seq]
+
+
+LOOKUP_CHUNK = 500
+"""Ids per ``IN (...)`` query, well under SQLite's bound-parameter limit."""
 
 
 # --- handlers (writer thread, inside the batch transaction) ---------------------
