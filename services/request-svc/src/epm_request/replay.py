@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from epm_events.agent import REPLAY_KIND, OfflineLogBatch, ReplayAck
@@ -52,7 +52,7 @@ from epm_service.runtime import ServiceContext
 from nats.js.errors import APIError
 
 from epm_request import store
-from epm_request.offline_replay import Alert, DeviceLog, Verdict, decide, redeemed_refs
+from epm_request.offline_replay import Alert, DeviceLog, decide, redeemed_refs
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,22 @@ class EarlierUploadPending(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReplayOutcome:
-    verdict: Verdict
     ack: ReplayAck
+    alerts: list[Alert]
+
+
+class Prepared(NamedTuple):
+    """One attempt's verdict, reduced to what outlives the wait for the stream: the accepted
+    records as they are appended (subject, CloudEvent bytes, event id), the device
+    aggregate's last sequence they were decided against, and the counts. A storm holds a
+    thousand batches in that wait at once; pydantic records and their dicts there cost
+    memory and the collector's time (it walked them on every pass)."""
+
+    records: list[tuple[str, bytes, str]]
+    agg_seq: int
+    duplicates: int
+    refused: int
+    alerts: list[Alert]
 
 
 class OfflineReplay:
@@ -102,34 +116,20 @@ class OfflineReplay:
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
         refs, code_hashes = redeemed_refs(device, batch)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            # Indexed lookups bounded by the batch size (at most 200 records): on the loop
-            # (read_now). Through the reader threads, each read waits for the GIL behind a
-            # loop that a storm keeps busy (milliseconds a hop), and the batches queue there.
-            last, agg_seq, hashes = self.store.read_now(
-                lambda c: store.device_log_state(c, device, batch.first_seq, batch.last_seq)
-            )
-            redemptions = self.store.read_now(lambda c: store.code_redemptions(c, refs))
-            issued = self.store.read_now(lambda c: store.issued_to(c, code_hashes))
-            verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
+            prepared = self._prepare(tenant, device, batch, refs, code_hashes, received)
             if (
                 earlier_pending is not None
-                and any(a.kind == "log_gap" for a in verdict.alerts)
+                and any(a.kind == "log_gap" for a in prepared.alerts)
                 and await earlier_pending()
             ):
                 raise EarlierUploadPending(
                     f"batch {batch_id} of device {device} starts after records an earlier, "
                     "unacknowledged upload may hold"
                 )
-            for alert in verdict.alerts:
+            for alert in prepared.alerts:
                 await self._raise(tenant, device, batch_id, alert)
             try:
-                await self._append(
-                    tenant,
-                    device,
-                    list(zip(verdict.accepted, verdict.uploaded, strict=True)),
-                    agg_seq,
-                    received,
-                )
+                await self._append(tenant, device, prepared.records, prepared.agg_seq)
                 break
             except ConcurrencyConflict:
                 log.info(
@@ -147,9 +147,9 @@ class OfflineReplay:
             batch_id=batch_id,
             first_seq=batch.first_seq,
             processed_through=batch.last_seq,
-            accepted=len(verdict.accepted),
-            duplicates=verdict.duplicates,
-            refused=verdict.refused,
+            accepted=len(prepared.records),
+            duplicates=prepared.duplicates,
+            refused=prepared.refused,
         )
         await self.js.publish(
             device_subject(tenant, device, REPLAY_KIND),
@@ -167,34 +167,54 @@ class OfflineReplay:
                 "accepted": ack.accepted,
                 "duplicates": ack.duplicates,
                 "refused": ack.refused,
-                "alerts": len(verdict.alerts),
+                "alerts": len(prepared.alerts),
             },
         )
-        return ReplayOutcome(verdict, ack)
+        return ReplayOutcome(ack, prepared.alerts)
 
-    async def _append(
+    def _prepare(
         self,
         tenant: str,
         device: str,
-        records: Sequence[tuple[OfflineRecord, dict[str, Any]]],
-        agg_seq: int,
+        batch: OfflineLogBatch,
+        refs: list[str],
+        code_hashes: list[str],
         received: datetime,
+    ) -> Prepared:
+        """Decide against what the store holds now, and encode what is accepted."""
+        # Indexed lookups bounded by the batch size (at most 200 records): on the loop
+        # (read_now). Through the reader threads, each read waits for the GIL behind a
+        # loop that a storm keeps busy (milliseconds a hop), and the batches queue there.
+        last, agg_seq, hashes = self.store.read_now(
+            lambda c: store.device_log_state(c, device, batch.first_seq, batch.last_seq)
+        )
+        redemptions = self.store.read_now(lambda c: store.code_redemptions(c, refs))
+        issued = self.store.read_now(lambda c: store.issued_to(c, code_hashes))
+        verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
+        subject_of = {
+            name: event_subject(tenant, "device", device, name)
+            for name in {r.NAME for r in verdict.accepted}
+        }
+        received_at = received.isoformat()
+        records = []
+        for record, data in zip(verdict.accepted, verdict.uploaded, strict=True):
+            payload, event_id = self._encode(tenant, device, record, data, received_at)
+            records.append((subject_of[record.NAME], payload, event_id))
+        return Prepared(records, agg_seq, verdict.duplicates, verdict.refused, verdict.alerts)
+
+    async def _append(
+        self, tenant: str, device: str, records: list[tuple[str, bytes, str]], agg_seq: int
     ) -> None:
         if not records:
             return
-        subject_of = {
-            name: event_subject(tenant, "device", device, name)
-            for name in {r.NAME for r, _ in records}
-        }
-        (first, first_data), rest = records[0], records[1:]
-        payload, msg_id = self._encode(tenant, device, first, first_data, received)
+        (subject, payload, event_id), rest = records[0], records[1:]
         try:
             ack = await self.js.publish(
-                subject_of[first.NAME],
+                subject,
                 payload,
                 stream=EVENTS.name,
                 headers={
-                    MSG_ID: msg_id,
+                    MSG_ID: event_id,
                     EXPECTED_LAST_SUBJECT_SEQ: str(agg_seq),
                     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate_filter(tenant, "device", device),
                 },
@@ -205,17 +225,14 @@ class OfflineReplay:
             raise
         if ack.duplicate:  # published already, after what our projection knows
             raise ConcurrencyConflict(f"device {device}", agg_seq)
-        received_at = received.isoformat()
-        messages = []
-        for record, data in rest:
-            payload, msg_id = self._encode(tenant, device, record, data, received_at)
-            messages.append((subject_of[record.NAME], payload, {MSG_ID: msg_id}))
         # One set, one wait (BulkPublisher: no future, callback and semaphore slot per
         # record). Bounded: nats-py never fails a publish lost with its server (killed,
         # say); without a bound this batch, and every later message of the device (handled
         # in order), would wait forever. A timeout is a transient failure: the batch is
         # redelivered, and the records already in are duplicates.
-        stored = await self.bulk.publish(messages, PUBLISH_ACK_TIMEOUT)
+        stored = await self.bulk.publish(
+            [(s, p, {MSG_ID: i}) for s, p, i in rest], PUBLISH_ACK_TIMEOUT
+        )
         self._appended[device] = max([ack.seq, *(s.seq for s in stored)])
 
     def _encode(
@@ -224,12 +241,17 @@ class OfflineReplay:
         device: str,
         record: OfflineRecord,
         data: dict[str, Any],
-        received: datetime | str,
+        received: str,
     ) -> tuple[bytes, str]:
         """The CloudEvent of a record: ``time`` is when the server received the upload (the
-        EPM_AGENT timestamp, the same on every retry), ``data.device_time`` when it happened.
+        EPM_AGENT timestamp, ISO 8601, the same on every retry), ``data.device_time`` when it happened.
         ``data`` is the record as the device signed it (validated by ``decide``) plus its
-        hash, serialised once with orjson: this runs once per record of a replay storm."""
+        hash, serialised once with orjson: this runs once per record of a replay storm.
+
+        The payload is copied into a bytes object of its own size: orjson (3.12+) returns
+        its working buffer, about 8 KiB for a record's 0.7 KiB, and a storm holds every
+        record of every batch in flight until the stream acknowledges it (a full storm:
+        1.1 GB of request-svc's memory, most of it these buffers)."""
         msg_id = offline_record_event_id(device, record.device_seq, record.NAME)
         envelope = {
             "specversion": "1.0",
@@ -237,12 +259,12 @@ class OfflineReplay:
             "source": self.source,
             "type": record.type_name(),
             "subject": device,
-            "time": received if isinstance(received, str) else received.isoformat(),
+            "time": received,
             "datacontenttype": "application/json",
             "tenant": tenant,
             "data": data,
         }
-        return orjson.dumps(envelope), msg_id
+        return bytes(memoryview(orjson.dumps(envelope))), msg_id
 
     async def _raise(self, tenant: str, device: str, batch_id: str, alert: Alert) -> None:
         event_id = derived_event_id(alert.key, "SecurityAlertRaised")
