@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from epm_service import bus  # noqa: F401  (installs the parser)
-from epm_service.natsfast import ORIGINAL_PARSE_HEADER_LINES, parse_header_lines
+from epm_service.natsfast import ORIGINAL_PARSE_HEADER_LINES, msg_id_of, parse_header_lines
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
@@ -46,3 +46,15 @@ def test_nats_py_uses_it_once_epm_service_bus_is_imported() -> None:
         "Nats-Msg-Id": "abc",
         "Nats-Expected-Stream": "EPM_EVENTS",
     }
+
+
+@given(LINES)
+def test_the_message_id_read_from_raw_headers_is_the_one_the_parser_gives(
+    lines: list[bytes],
+) -> None:
+    raw = b"NATS/1.0\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+    parsed = parse_header_lines(raw[len(b"NATS/1.0\r\n") :])
+    found = msg_id_of(raw)
+    ids = [line for line in lines if line.startswith(b"Nats-Msg-Id:")]
+    if len(ids) <= 1:  # one id (as every EPM message has), or none
+        assert found == parsed.get("Nats-Msg-Id")

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,12 +36,12 @@ from epm_events.codec import DecodeError, decode, event_of
 from epm_events.envelope import Envelope
 from epm_events.streams import EVENTS
 from epm_events.subjects import ALL_EVENTS, event_type_filter
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from epm_service.deadletter import dead_letter
 from epm_service.metrics import EVENTS_APPLIED, EVENTS_SKIPPED, PROJECTION_POSITION
+from epm_service.natsfast import ordered_callback
 from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class Projector:
         self._task.add_done_callback(self._on_drain_done)
         self._sub = await self.js.subscribe(
             self.filter_subject,
-            cb=self._on_msg,
+            cb=ordered_callback(self._receive),
             ordered_consumer=True,
             config=config,
             pending_msgs_limit=-1,
@@ -447,17 +447,19 @@ class Projector:
 
     # --- event loop side --------------------------------------------------
 
-    async def _on_msg(self, msg: Msg) -> None:
-        seq, ts_ns, pending = parse_ack_reply(msg.reply)
+    def _receive(
+        self, subject: str, reply: str, data: bytes, msg_id: str | None
+    ) -> Awaitable[bool] | None:
+        """One message of the consumer, handed over in nats-py's read loop
+        (``natsfast.ordered_callback``): buffered, nothing more. A full buffer returns what
+        to wait for before the next message is read (the writer thread is behind)."""
+        seq, ts_ns, pending = parse_ack_reply(reply)
         if seq <= self._last_seq:
             # nats-py resets an ordered consumer that lost its place at "last seen + 1", and
             # before the first message that is sequence 1: never hand the writer the past twice.
-            return
+            return None
         self._last_seq = seq
-        hdrs = msg.headers
-        self._buf.append(
-            StoredMsg(seq, msg.subject, msg.data, hdrs.get("Nats-Msg-Id") if hdrs else None, ts_ns)
-        )
+        self._buf.append(StoredMsg(seq, subject, data, msg_id, ts_ns))
         self._live = pending == 0  # nothing behind this message: a trickle, not a backlog
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
@@ -466,7 +468,8 @@ class Projector:
             self._wake.set()
         if len(self._buf) >= self.max_buffer:
             self._has_space.clear()
-            await self._has_space.wait()
+            return self._has_space.wait()
+        return None
 
     def _on_drain_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

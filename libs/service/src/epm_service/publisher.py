@@ -17,12 +17,12 @@ from epm_events.envelope import Envelope, new_envelope, subject_of
 from epm_events.streams import EVENTS
 from epm_events.subjects import aggregate_filter
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import Header, PubAck
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-MSG_ID = "Nats-Msg-Id"
+from epm_service.natsfast import MSG_ID, core_callback
+
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 WRONG_LAST_SEQUENCE = 10071
@@ -180,7 +180,9 @@ class BulkPublisher:
             return []
         if self._sub is None:
             self._inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
+            self._sub = await self.nc.subscribe(
+                f"{self._inbox}.*.*", cb=core_callback(self._on_ack)
+            )
         self._next += 1
         token = str(self._next)
         acks = _AckSet(len(messages), asyncio.get_running_loop().create_future())
@@ -235,16 +237,17 @@ class BulkPublisher:
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
 
-    async def _on_ack(self, msg: Msg) -> None:
-        rest, _, index = msg.subject.rpartition(".")
+    def _on_ack(self, subject: str, data: bytes, status: str | None) -> None:
+        """An acknowledgement, handed over in nats-py's read loop (``core_callback``)."""
+        rest, _, index = subject.rpartition(".")
         acks = self._sets.get(rest[rest.rfind(".") + 1 :])
         if acks is None or acks.done.done():
             return  # a set given up on (timed out, or failed on an earlier message)
-        if msg.headers and msg.headers.get(Header.STATUS) == "503":
+        if status == "503":
             acks.done.set_exception(NoStreamResponseError())
             return
         try:
-            resp = orjson.loads(msg.data)
+            resp = orjson.loads(data)
             error = resp.get("error")
             if error:
                 APIError.from_error(error)  # raises the matching APIError subclass
