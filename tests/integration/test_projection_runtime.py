@@ -298,6 +298,54 @@ async def test_gathered_live_events_are_written_at_once_for_a_waiter_or_a_query(
         await p.stop()
 
 
+class LargeGathering(SlowGathering):
+    gather_up_to = 100
+
+
+async def test_a_gathering_batch_is_written_once_it_holds_gather_up_to_events(
+    bus: Bus, tmp_path: Path
+) -> None:
+    p = Projector(bus.js, LargeGathering(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        seqs = await publish(bus, tenants(50))
+        for _ in range(500):
+            if p._last_seq >= seqs[-1]:
+                break
+            await asyncio.sleep(0.01)
+        assert p.position < seqs[0]  # 50 live events: still gathering (16 would not be)
+        seqs = await publish(bus, tenants(60, start=50))
+        # the hundredth event ends the gathering (wait_past waits without writing anything)
+        assert await p.wait_past(seqs[0] + 48, timeout=5)
+    finally:
+        await p.stop()
+
+
+async def test_a_committed_read_leaves_a_gathering_batch_gathering(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A worker that follows the commits (the audit checkpointer) reads what is committed
+    and must not end every gathering: then commits stay as small as they come."""
+    p = Projector(bus.js, SlowGathering(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    try:
+        await p.wait_caught_up(5)
+        [seq] = await publish(bus, tenants(1))
+        for _ in range(500):
+            if p._last_seq >= seq:
+                break
+            await asyncio.sleep(0.01)
+        count = await p.read_committed(
+            lambda c: int(c.execute("SELECT count(*) FROM applied").fetchone()[0])
+        )
+        assert count == 0
+        assert p.position < seq  # still gathering
+        assert await applied_count(p) == 1  # an ordinary query writes it first
+    finally:
+        await p.stop()
+
+
 async def test_a_gathering_projection_says_whether_what_it_still_holds_matters(
     bus: Bus, tmp_path: Path
 ) -> None:

@@ -140,6 +140,10 @@ class Projection:
     """Live (a trickle, not a backlog), how long a Projector may gather events before it
     writes them, so one commit carries several: unless someone waits for one of them
     (``Projector.wait_for``), then it writes at once. 0 writes every event as it comes."""
+    gather_up_to: int = INLINE_BATCH
+    """A gathering batch is written once it holds this many events, before its time is up:
+    at most what is written on the event loop, unless a projection prefers fewer, larger
+    commits while events flow (the audit trail)."""
     watched: frozenset[str] = frozenset()
     """Event names whose last committed sequence the Projector keeps in ``last_seq_of``,
     so in-memory caches over the projection know cheaply when to reload."""
@@ -221,6 +225,7 @@ class Projector:
         self.filter_subject = filter_subject
         self.stream = stream
         self.max_batch = max_batch or projection.max_batch
+        self.gather_up_to = min(projection.gather_up_to, self.max_batch)
         self.max_buffer = max_buffer
         self.last_seq_of: dict[str, int] = {}
         self._loop_conn: sqlite3.Connection | None = None
@@ -420,6 +425,12 @@ class Projector:
         projection has received (a batch gathering for ``coalesce_seconds``): a query
         answers with every event this service has seen, as if nothing were gathered."""
         await self._write_received()
+        return await self.read_committed(fn)
+
+    async def read_committed(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query on a read connection off the event loop, on what is committed: what
+        is still gathering stays gathering. For a worker that follows the projection's
+        commits (``wait_past``) and must not end every gathering it follows."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._read, fn)
 
@@ -464,7 +475,7 @@ class Projector:
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
         self._has_msgs.set()
-        if len(self._buf) >= INLINE_BATCH:
+        if len(self._buf) >= self.gather_up_to:
             self._wake.set()
         if len(self._buf) >= self.max_buffer:
             self._has_space.clear()
@@ -539,7 +550,7 @@ class Projector:
         if not wait or not self._live or self._wanted > self.position:
             return
         self._wake.clear()
-        if len(self._buf) >= INLINE_BATCH:
+        if len(self._buf) >= self.gather_up_to:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):

@@ -75,6 +75,10 @@ class AuditTrail(Projection):
     # Each commit rewrites the pages of the event-id index it touched (random UUIDs touch
     # most of them): fewer, larger commits cost measurably less per event (bench/).
     max_batch = 20_000
+    # While events flow (a replay storm), gather them for up to 50 ms rather than commit
+    # every few: a query (Projector.read) or a waiter still writes what arrived at once.
+    coalesce_seconds = 0.05
+    gather_up_to = 5_000
 
     def __init__(self) -> None:
         self._heads: dict[str, tuple[int, str]] = {}
