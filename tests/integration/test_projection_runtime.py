@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from epm_events.catalog import TenantCreated
 from epm_events.subjects import tenant_events_filter
 from epm_service import projection
 from epm_service.bus import Bus
-from epm_service.projection import Projector
+from epm_service.projection import Projector, Rejected, StoredMsg
 from epm_service.publisher import EventPublisher
 
 from tests.integration.projector_child import AppliedLog
@@ -115,6 +116,30 @@ async def test_a_full_buffer_slows_the_consumer_without_deadlock(bus: Bus, tmp_p
         assert await applied_count(p) == 5000
     finally:
         await p.stop()
+
+
+class SlowWriter(AppliedLog):
+    def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
+        time.sleep(0.2)  # the writer thread is behind
+        return super().apply_batch(conn, msgs)
+
+
+async def test_stopping_with_a_full_buffer_leaves_the_connection_reading(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A full buffer makes nats-py's read loop wait for the writer (back-pressure); a stop
+    must end that wait, or the connection would never read again."""
+    await publish(bus, tenants(300))
+    p = Projector(
+        bus.js, SlowWriter(), tmp_path / "p.sqlite", service="test", max_batch=5, max_buffer=20
+    )
+    await p.start()
+    async with asyncio.timeout(10):
+        while p._has_space.is_set():  # noqa: ASYNC110  (until the read loop waits for room)
+            await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        await p.stop()
+    await bus.nc.flush(timeout=5)  # the read loop answers again
 
 
 async def test_stop_returns_promptly_while_events_are_still_arriving(

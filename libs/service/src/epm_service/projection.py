@@ -307,6 +307,7 @@ class Projector:
         if self._stopped:
             return
         self._stopped = True
+        self._has_space.set()  # a read loop waiting for the writer must not wait forever
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await self._sub.unsubscribe()
@@ -477,7 +478,7 @@ class Projector:
         self._has_msgs.set()
         if len(self._buf) >= self.gather_up_to:
             self._wake.set()
-        if len(self._buf) >= self.max_buffer:
+        if len(self._buf) >= self.max_buffer and not self._stopped:
             self._has_space.clear()
             return self._has_space.wait()
         return None
