@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from epm_events.catalog import TenantCreated
+from epm_events.codec import encode
+from epm_events.envelope import subject_of
 from epm_events.subjects import tenant_events_filter
 from epm_service import projection
 from epm_service.bus import Bus
@@ -104,42 +106,32 @@ async def test_projector_restarted_resumes_after_its_checkpoint(bus: Bus, tmp_pa
         await p.stop()
 
 
-async def test_a_full_buffer_slows_the_consumer_without_deadlock(bus: Bus, tmp_path: Path) -> None:
-    seqs = await publish(bus, tenants(5000))
-    p = Projector(
-        bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test", max_batch=50, max_buffer=100
-    )
-    await p.start()
-    try:
-        await p.wait_caught_up(30)
-        assert p.position == seqs[-1]
-        assert await applied_count(p) == 5000
-    finally:
-        await p.stop()
-
-
 class SlowWriter(AppliedLog):
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         time.sleep(0.2)  # the writer thread is behind
         return super().apply_batch(conn, msgs)
 
 
-async def test_stopping_with_a_full_buffer_leaves_the_connection_reading(
+async def test_a_writer_far_behind_the_consumer_holds_up_no_other_subscription(
     bus: Bus, tmp_path: Path
 ) -> None:
-    """A full buffer makes nats-py's read loop wait for the writer (back-pressure); a stop
-    must end that wait, or the connection would never read again."""
+    """Messages are handed over in nats-py's read loop, which every subscription of the
+    connection shares (replies included): a slow writer must never make it wait."""
     await publish(bus, tenants(300))
-    p = Projector(
-        bus.js, SlowWriter(), tmp_path / "p.sqlite", service="test", max_batch=5, max_buffer=20
-    )
-    await p.start()
+    p = Projector(bus.js, SlowWriter(), tmp_path / "p.sqlite", service="test", max_batch=5)
     async with asyncio.timeout(10):
-        while p._has_space.is_set():  # noqa: ASYNC110  (until the read loop waits for room)
-            await asyncio.sleep(0.01)
-    async with asyncio.timeout(10):
-        await p.stop()
-    await bus.nc.flush(timeout=5)  # the read loop answers again
+        await p.start()  # its own consumer_info request is answered meanwhile
+    try:
+        async with asyncio.timeout(5):
+            while len(p._buf) < 100:  # noqa: ASYNC110  (received far ahead of the writer)
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(2):
+            await bus.nc.flush()
+            await bus.js.stream_info("EPM_EVENTS")
+    finally:
+        async with asyncio.timeout(10):
+            await p.stop()
+    await bus.nc.flush(timeout=5)
 
 
 async def test_stop_returns_promptly_while_events_are_still_arriving(
@@ -331,18 +323,22 @@ async def test_a_gathering_batch_is_written_once_it_holds_gather_up_to_events(
     bus: Bus, tmp_path: Path
 ) -> None:
     p = Projector(bus.js, LargeGathering(), tmp_path / "p.sqlite", service="test")
-    await p.start()
+    await p.start()  # on an empty stream: the events below are handed over as nats-py would
+    pub = EventPublisher(bus.js, "/epm/test")
     try:
         await p.wait_caught_up(5)
-        seqs = await publish(bus, tenants(50))
-        for _ in range(500):
-            if p._last_seq >= seqs[-1]:
-                break
-            await asyncio.sleep(0.01)
-        assert p.position < seqs[0]  # 50 live events: still gathering (16 would not be)
-        seqs = await publish(bus, tenants(60, start=50))
-        # the hundredth event ends the gathering (wait_past waits without writing anything)
-        assert await p.wait_past(seqs[0] + 48, timeout=5)
+        for seq, event in enumerate(tenants(99), start=1):
+            env = pub.envelope(event, event.tenant_id)
+            reply = f"$JS.ACK.EPM_EVENTS.c.1.{seq}.{seq}.{seq}000.0"  # live: nothing pending
+            p._receive(subject_of(env), reply, encode(env), env.id)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.1)
+        assert p.position == 0  # 99 live events: still gathering (16 would not be)
+        env = pub.envelope(tenants(1, start=99)[0], "t99")
+        p._receive(subject_of(env), "$JS.ACK.EPM_EVENTS.c.1.100.100.100000.0", encode(env), env.id)
+        # the hundredth ends the gathering (wait_past waits without writing anything itself)
+        assert await p.wait_past(99, timeout=5)
+        assert await applied_count(p) == 100
     finally:
         await p.stop()
 

@@ -62,9 +62,10 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 # 12 -> 6.5-7.6 µs of CPU per message (bench/README.md). Everything else, and every
 # status message (heartbeats, flow control, 503), still goes nats-py's way.
 
-OrderedHandler = Callable[[str, str, bytes, str | None], Awaitable[object] | None]
-"""``(subject, reply, data, Nats-Msg-Id)`` of a JetStream message; may return something to
-await before the next message is read (back-pressure)."""
+OrderedHandler = Callable[[str, str, bytes, str | None], None]
+"""``(subject, reply, data, Nats-Msg-Id)`` of a JetStream message. It must not block: it
+runs in the read loop, and every other subscription of the connection (replies included)
+waits behind it."""
 CoreHandler = Callable[[str, bytes, str | None], None]
 """``(subject, data, status)`` of a core message; ``status`` is the inline status of a
 status message (``"503"``: no responders), else None."""
@@ -83,9 +84,7 @@ def ordered_callback(handle: OrderedHandler) -> Callable[[Msg], Awaitable[None]]
 
     async def callback(msg: Msg) -> None:
         hdrs = msg.headers
-        pending = handle(msg.subject, msg.reply, msg.data, hdrs.get(MSG_ID) if hdrs else None)
-        if pending is not None:
-            await pending
+        handle(msg.subject, msg.reply, msg.data, hdrs.get(MSG_ID) if hdrs else None)
 
     setattr(callback, _DIRECT, (True, handle))
     return callback
@@ -150,9 +149,7 @@ async def _process_msg(
         jsi._dseq = dseq + 1
         jsi._sseq = sseq
         jsi.track_sequences(r)
-        pending = handle(subject.decode(), r, data, msg_id_of(headers) if headers else None)
-        if pending is not None:
-            await pending
+        handle(subject.decode(), r, data, msg_id_of(headers) if headers else None)
     except Exception as exc:  # as nats-py reports a callback's error
         await self._error_cb(exc)
 

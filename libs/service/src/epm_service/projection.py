@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -216,7 +216,6 @@ class Projector:
         filter_subject: str = ALL_EVENTS,
         stream: str = EVENTS.name,
         max_batch: int | None = None,
-        max_buffer: int = 50_000,
     ) -> None:
         self.js = js
         self.projection = projection
@@ -226,7 +225,6 @@ class Projector:
         self.stream = stream
         self.max_batch = max_batch or projection.max_batch
         self.gather_up_to = min(projection.gather_up_to, self.max_batch)
-        self.max_buffer = max_buffer
         self.last_seq_of: dict[str, int] = {}
         self._loop_conn: sqlite3.Connection | None = None
         self.position = 0
@@ -239,8 +237,6 @@ class Projector:
         self._wake = asyncio.Event()  # ends a coalescing wait: a reader waits, or a full batch
         self._wanted = 0  # the highest sequence a wait_for is waiting for
         self._writing: list[StoredMsg] = []  # the batch being written, until it is committed
-        self._has_space = asyncio.Event()
-        self._has_space.set()
         self._advanced = asyncio.Condition()
         self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -307,7 +303,6 @@ class Projector:
         if self._stopped:
             return
         self._stopped = True
-        self._has_space.set()  # a read loop waiting for the writer must not wait forever
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await self._sub.unsubscribe()
@@ -459,17 +454,16 @@ class Projector:
 
     # --- event loop side --------------------------------------------------
 
-    def _receive(
-        self, subject: str, reply: str, data: bytes, msg_id: str | None
-    ) -> Awaitable[bool] | None:
+    def _receive(self, subject: str, reply: str, data: bytes, msg_id: str | None) -> None:
         """One message of the consumer, handed over in nats-py's read loop
-        (``natsfast.ordered_callback``): buffered, nothing more. A full buffer returns what
-        to wait for before the next message is read (the writer thread is behind)."""
+        (``natsfast.ordered_callback``): buffered, nothing more. It never waits: every other
+        subscription of the connection would wait behind it. A writer behind the consumer
+        lets the buffer grow, as nats-py's own queue grew before (a rebuild)."""
         seq, ts_ns, pending = parse_ack_reply(reply)
         if seq <= self._last_seq:
             # nats-py resets an ordered consumer that lost its place at "last seen + 1", and
             # before the first message that is sequence 1: never hand the writer the past twice.
-            return None
+            return
         self._last_seq = seq
         self._buf.append(StoredMsg(seq, subject, data, msg_id, ts_ns))
         self._live = pending == 0  # nothing behind this message: a trickle, not a backlog
@@ -478,10 +472,6 @@ class Projector:
         self._has_msgs.set()
         if len(self._buf) >= self.gather_up_to:
             self._wake.set()
-        if len(self._buf) >= self.max_buffer and not self._stopped:
-            self._has_space.clear()
-            return self._has_space.wait()
-        return None
 
     def _on_drain_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -500,7 +490,6 @@ class Projector:
             del self._buf[: self.max_batch]
             if not self._buf:
                 self._has_msgs.clear()
-            self._has_space.set()
             if not batch:
                 continue
             self._writing = batch
