@@ -129,13 +129,16 @@ async def _process_msg(
     ordered, handle = direct
     status = _status_of(headers) if headers else None
     jsi = sub._jsi
-    if ordered and (status is not None or jsi is None or not reply):
+    if (
+        # an ordered consumer's data message, once nats-py has set the consumer up
+        ordered and (status is not None or jsi is None or not jsi._ordered or not reply)
+    ) or (not ordered and jsi is not None):  # a core handler on a core subscription only
         return await ORIGINAL_PROCESS_MSG(self, sid, subject, reply, data, headers)
     self.stats["in_msgs"] += 1
     self.stats["in_bytes"] += len(data)
     sub._received += 1
     try:
-        if jsi is None or not ordered:
+        if jsi is None:
             handle(subject.decode(), data, status)
             return
         # nats-py's ordered-consumer bookkeeping (Client._process_msg), the reply parsed once
