@@ -9,8 +9,7 @@ import asyncio
 import pytest
 from epm_service import natsfast
 from epm_service.bus import Bus
-from epm_service.natsfast import MSG_ID, core_callback, ordered_callback
-from epm_service.projection import parse_ack_reply
+from epm_service.natsfast import MSG_ID, AckReply, core_callback, ordered_callback
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
@@ -30,8 +29,8 @@ class Received:
         self.done = asyncio.Event()
         self.some = asyncio.Event()  # ten or more
 
-    def __call__(self, subject: str, reply: str, data: bytes, msg_id: str | None) -> None:
-        seq, _, _ = parse_ack_reply(reply)
+    def __call__(self, subject: str, ack: AckReply, data: bytes, msg_id: str | None) -> None:
+        seq = ack.stream_seq
         if self.seqs and seq <= self.seqs[-1]:
             return
         self.seqs.append(seq)

@@ -15,6 +15,7 @@ from epm_events.envelope import subject_of
 from epm_events.subjects import tenant_events_filter
 from epm_service import projection
 from epm_service.bus import Bus
+from epm_service.natsfast import AckReply
 from epm_service.projection import Projector, Rejected, StoredMsg
 from epm_service.publisher import EventPublisher
 
@@ -325,17 +326,20 @@ async def test_a_gathering_batch_is_written_once_it_holds_gather_up_to_events(
     p = Projector(bus.js, LargeGathering(), tmp_path / "p.sqlite", service="test")
     await p.start()  # on an empty stream: the events below are handed over as nats-py would
     pub = EventPublisher(bus.js, "/epm/test")
+    events = tenants(100)
+
+    def hand_over(seq: int) -> None:  # live: nothing pending behind it
+        env = pub.envelope(events[seq - 1], events[seq - 1].tenant_id)
+        p._receive(subject_of(env), AckReply(seq, seq, seq * 1000, 0), encode(env), env.id)
+
     try:
         await p.wait_caught_up(5)
-        for seq, event in enumerate(tenants(99), start=1):
-            env = pub.envelope(event, event.tenant_id)
-            reply = f"$JS.ACK.EPM_EVENTS.c.1.{seq}.{seq}.{seq}000.0"  # live: nothing pending
-            p._receive(subject_of(env), reply, encode(env), env.id)
+        for seq in range(1, 100):
+            hand_over(seq)
             await asyncio.sleep(0)
         await asyncio.sleep(0.1)
         assert p.position == 0  # 99 live events: still gathering (16 would not be)
-        env = pub.envelope(tenants(1, start=99)[0], "t99")
-        p._receive(subject_of(env), "$JS.ACK.EPM_EVENTS.c.1.100.100.100000.0", encode(env), env.id)
+        hand_over(100)
         # the hundredth ends the gathering (wait_past waits without writing anything itself)
         assert await p.wait_past(99, timeout=5)
         assert await applied_count(p) == 100

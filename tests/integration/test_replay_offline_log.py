@@ -32,8 +32,8 @@ from epm_events.streams import EVENTS
 from epm_events.subjects import device_subject
 from epm_request.app import DEFINITION
 from epm_service.bus import Bus, connect
+from epm_service.natsfast import parse_ack_reply
 from epm_service.principal import Principal
-from epm_service.projection import parse_ack_reply
 from epm_service.publisher import EXPECTED_LAST_SUBJECT_SEQ, EventPublisher
 from epm_service.rpc import call
 from epm_service.runtime import RunningService, start_service
@@ -166,7 +166,7 @@ async def stored_events(bus: Bus, filter_subject: str) -> list[tuple[int, int, d
         out: list[tuple[int, int, dict[str, Any]]] = []
         while len(out) < pending:
             for msg in await psub.fetch(min(pending - len(out), 500), timeout=5):
-                seq, ts, _ = parse_ack_reply(msg.reply)
+                seq, _, ts, _ = parse_ack_reply(msg.reply)
                 out.append((seq, ts, decode(msg.data).model_dump(mode="json")))
         return out
     finally:

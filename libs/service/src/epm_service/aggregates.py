@@ -18,7 +18,7 @@ from epm_events.subjects import aggregate_filter
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from epm_service.projection import parse_ack_reply
+from epm_service.natsfast import parse_ack_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ async def read_aggregate(
         out: list[StoredEvent] = []
         while len(out) < pending:
             for msg in await psub.fetch(min(pending - len(out), 256), timeout=5):
-                seq, ts, _ = parse_ack_reply(msg.reply)
+                seq, _, ts, _ = parse_ack_reply(msg.reply)
                 env = decode(msg.data)
                 out.append(StoredEvent(seq, ts, env, event_of(env)))
         return out

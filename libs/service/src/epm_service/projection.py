@@ -41,7 +41,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from epm_service.deadletter import dead_letter
 from epm_service.metrics import EVENTS_APPLIED, EVENTS_SKIPPED, PROJECTION_POSITION
-from epm_service.natsfast import ordered_callback
+from epm_service.natsfast import AckReply, ordered_callback
 from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -454,12 +454,12 @@ class Projector:
 
     # --- event loop side --------------------------------------------------
 
-    def _receive(self, subject: str, reply: str, data: bytes, msg_id: str | None) -> None:
+    def _receive(self, subject: str, ack: AckReply, data: bytes, msg_id: str | None) -> None:
         """One message of the consumer, handed over in nats-py's read loop
         (``natsfast.ordered_callback``): buffered, nothing more. It never waits: every other
         subscription of the connection would wait behind it. A writer behind the consumer
         lets the buffer grow, as nats-py's own queue grew before (a rebuild)."""
-        seq, ts_ns, pending = parse_ack_reply(reply)
+        seq, _, ts_ns, pending = ack
         if seq <= self._last_seq:
             # nats-py resets an ordered consumer that lost its place at "last seen + 1", and
             # before the first message that is sequence 1: never hand the writer the past twice.
@@ -708,18 +708,3 @@ class Projector:
             conn.execute("PRAGMA busy_timeout=5000")
             self._rconns[key] = conn
         return fn(conn)
-
-
-def parse_ack_reply(reply: str) -> tuple[int, int, int]:
-    """(stream sequence, timestamp in ns, pending) from a JetStream ack subject.
-
-    Cheaper than ``Msg.metadata`` (no datetime per message) and exact to the
-    nanosecond, which the audit chain hashes.
-    v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-    v2: $JS.ACK.<domain>.<acchash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
-    """
-    if reply.count(".") == 8:
-        _, sseq, _, ts, pending = reply.rsplit(".", 4)
-        return int(sseq), int(ts), int(pending)
-    t = reply.split(".")
-    return int(t[7]), int(t[9]), int(t[10])
