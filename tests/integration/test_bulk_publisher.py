@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from epm_events.catalog import TenantCreated
 from epm_events.streams import EVENTS
 from epm_service.bus import Bus
+from epm_service.natsfast import write_now
 from epm_service.publisher import (
     EXPECTED_LAST_SUBJECT_SEQ,
     MSG_ID,
     WRONG_LAST_SEQUENCE,
     BulkPublisher,
+    ConcurrencyConflict,
+    EventPublisher,
 )
 from nats.aio.msg import Msg
 from nats.errors import BadSubjectError
@@ -113,3 +117,47 @@ async def test_a_set_goes_out_as_client_publish_would_send_it(bus: Bus) -> None:
     with pytest.raises(BadSubjectError):
         await bulk.publish([("bulk check", b"{}", {MSG_ID: "x"})], timeout=10)
     await sub.unsubscribe()
+
+
+async def test_a_single_message_written_at_once_keeps_its_place_behind_pending_publishes(
+    bus: Bus,
+) -> None:
+    """A one-message set (an append) is written to the socket at once when nothing waits in
+    nats-py's pending buffer; with publishes pending it goes behind them, so the order the
+    application published in is the order the server sees."""
+    sub = await bus.nc.subscribe("bulk.order.>")
+    await bus.nc.flush()
+    bulk = BulkPublisher(bus.nc)
+    await bulk.publish(messages(1), timeout=10)  # subscribed, nothing pending
+    assert write_now(bus.nc, b"PUB bulk.order.now 2\r\nhi\r\n")  # nothing ahead: written
+    for i in range(3):  # pending in nats-py's buffer until its flusher's next turn
+        await bus.nc.publish(f"bulk.order.{i}", b"%d" % i)
+    assert bus.nc._pending
+    assert not write_now(bus.nc, b"PUB bulk.order.late 0\r\n\r\n")  # behind them: refused
+    stored = await bulk.publish(messages(1, first=1), timeout=10)
+    assert stored[0].seq == 2
+    await bus.nc.publish("bulk.order.last", b"")
+    got = [(await sub.next_msg(timeout=5)).subject for _ in range(5)]
+    assert got == [
+        "bulk.order.now",
+        "bulk.order.0",
+        "bulk.order.1",
+        "bulk.order.2",
+        "bulk.order.last",
+    ]
+    await sub.unsubscribe()
+
+
+async def test_an_append_refused_for_its_stream_says_why(bus: Bus) -> None:
+    """EventPublisher.append sends the stream it expects; a subject no stream takes is
+    refused as nats-py's ``js.publish`` refused it (no stream, not a hang)."""
+    publisher = EventPublisher(bus.js, "/epm/test")
+    event = TenantCreated(tenant_id="acme", name="Acme", created_by="test")
+    [first] = await publisher.append("acme", [event], 0)
+    assert (first.seq, first.duplicate) == (1, False)
+    [again] = await publisher.append("acme", [event], 1, ids=[first.envelope.id])
+    assert (again.seq, again.duplicate) == (1, True)  # the same id again: a duplicate
+    with pytest.raises(ConcurrencyConflict):
+        await publisher.append("acme", [event], 0)
+    with pytest.raises(NoStreamResponseError):
+        await publisher._appends().publish([("nowhere.at.all", b"{}", {MSG_ID: "y"})])

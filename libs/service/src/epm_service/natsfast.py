@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.transport import TcpTransport
 from nats.js.api import Header
 
 MSG_ID = "Nats-Msg-Id"
@@ -180,6 +181,28 @@ async def _process_msg(
         handle(subject.decode(), ack, data, msg_id_of(headers) if headers else None)
     except Exception as exc:  # as nats-py reports a callback's error
         await self._error_cb(exc)
+
+
+# --- a command written at once -----------------------------------------------------------
+#
+# ``Client.publish`` appends its command to nats-py's pending buffer and wakes the flusher
+# task, which writes the buffer in its next turn: a loop hop per publish, worth it when many
+# publishes of one turn share a write, not for the one command a request or an append waits
+# on (bench/README.md, "Online request", session 6).
+
+
+def write_now(nc: Client, command: bytes) -> bool:
+    """Write ``command`` to the socket now, if nothing is ahead of it (nats-py's pending
+    buffer and the socket's write buffer both empty: order and back-pressure as the flusher
+    keeps them). False if not; then send it nats-py's way."""
+    transport = nc._transport
+    if nc._pending or not nc.is_connected or type(transport) is not TcpTransport:
+        return False
+    writer = transport._io_writer
+    if writer is None or writer.transport.get_write_buffer_size():
+        return False
+    writer.write(command)
+    return True
 
 
 def install() -> None:

@@ -21,8 +21,9 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from epm_service.natsfast import MSG_ID, core_callback
+from epm_service.natsfast import MSG_ID, core_callback, write_now
 
+EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 WRONG_LAST_SEQUENCE = 10071
@@ -68,6 +69,16 @@ class EventPublisher:
     def __init__(self, js: JetStreamContext, source: str) -> None:
         self.js = js
         self.source = source
+        self._acks: BulkPublisher | None = None
+
+    def _appends(self) -> BulkPublisher:
+        """Appends wait for their acknowledgement one by one; they go as one-message sets of
+        a BulkPublisher: nats-py's ``js.publish`` makes a reply inbox, a ``wait_for``, a JSON
+        decode and a PubAck dataclass per append, a third of an append's client CPU here
+        (bench/README.md, "Online request", session 6)."""
+        if self._acks is None:
+            self._acks = BulkPublisher(self.js._nc)
+        return self._acks
 
     def envelope(self, event: Event, tenant: str, id: str | None = None) -> Envelope:
         return new_envelope(event, tenant=tenant, source=self.source, id=id)
@@ -98,18 +109,17 @@ class EventPublisher:
             env = self.envelope(event, tenant, ids[i] if ids else None)
             headers = {
                 MSG_ID: env.id,
+                EXPECTED_STREAM: EVENTS.name,
                 EXPECTED_LAST_SUBJECT_SEQ: str(expected),
                 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: filt,
             }
             try:
-                ack = await self.js.publish(
-                    subject_of(env), encode(env), headers=headers, stream=EVENTS.name
-                )
+                [ack] = await self._appends().publish([(subject_of(env), encode(env), headers)])
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     raise ConcurrencyConflict(filt, expected) from None
                 raise
-            out.append(Appended(env, ack.seq, bool(ack.duplicate)))
+            out.append(Appended(env, ack.seq, ack.duplicate))
             expected = ack.seq
         return out
 
@@ -229,10 +239,13 @@ class BulkPublisher:
         return b"".join(commands)
 
     async def _write(self, commands: bytes, count: int, payload_bytes: int) -> None:
-        """Hand the commands to nats-py's pending buffer and its flusher, as ``publish`` does."""
+        """Hand the commands to nats-py's pending buffer and its flusher, as ``publish`` does;
+        a single message is written at once if nothing is ahead of it (``write_now``)."""
         nc = self.nc
         nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += payload_bytes
+        if count == 1 and write_now(nc, commands):
+            return
         await nc._send_command(commands)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()

@@ -42,6 +42,7 @@ from epm_service.projection import Projector
 from epm_service.publisher import (
     EXPECTED_LAST_SUBJECT_SEQ,
     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+    EXPECTED_STREAM,
     MSG_ID,
     PUBLISH_ACK_TIMEOUT,
     WRONG_LAST_SEQUENCE,
@@ -151,11 +152,18 @@ class OfflineReplay:
             duplicates=prepared.duplicates,
             refused=prepared.refused,
         )
-        await self.js.publish(
-            device_subject(tenant, device, REPLAY_KIND),
-            orjson.dumps(ack.model_dump(mode="json")),
-            stream=DEVICE.name,
-            headers={MSG_ID: derived_event_id(batch_id, "ReplayAck")},
+        await self.bulk.publish(
+            [
+                (
+                    device_subject(tenant, device, REPLAY_KIND),
+                    orjson.dumps(ack.model_dump(mode="json")),
+                    {
+                        MSG_ID: derived_event_id(batch_id, "ReplayAck"),
+                        EXPECTED_STREAM: DEVICE.name,
+                    },
+                )
+            ],
+            PUBLISH_ACK_TIMEOUT,
         )
         log.info(
             "offline log replayed",
@@ -209,15 +217,22 @@ class OfflineReplay:
             return
         (subject, payload, event_id), rest = records[0], records[1:]
         try:
-            ack = await self.js.publish(
-                subject,
-                payload,
-                stream=EVENTS.name,
-                headers={
-                    MSG_ID: event_id,
-                    EXPECTED_LAST_SUBJECT_SEQ: str(agg_seq),
-                    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate_filter(tenant, "device", device),
-                },
+            [ack] = await self.bulk.publish(
+                [
+                    (
+                        subject,
+                        payload,
+                        {
+                            MSG_ID: event_id,
+                            EXPECTED_STREAM: EVENTS.name,
+                            EXPECTED_LAST_SUBJECT_SEQ: str(agg_seq),
+                            EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate_filter(
+                                tenant, "device", device
+                            ),
+                        },
+                    )
+                ],
+                PUBLISH_ACK_TIMEOUT,
             )
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
