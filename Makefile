@@ -9,6 +9,11 @@ QUICK ?=
 setup:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
+	@# Bytecode, compiled here: Python writes none where PYTHONDONTWRITEBYTECODE is set (as on
+	@# this machine image), and then every process (service, CLI, agent, test child) compiled
+	@# every module it imports, each time: 2.2 s to start `epm`, 0.8 s with the cache.
+	@[ .venv/.bytecode -nt uv.lock ] || { $(UV) run --frozen python -m compileall -q -j 0 .venv/lib >/dev/null 2>&1; touch .venv/.bytecode; }
+	@$(UV) run --frozen python -m compileall -q libs services bench tests >/dev/null 2>&1 || true
 
 ## chromium: Debian's chromium for the console's browser tests (never a downloaded build)
 chromium:
