@@ -123,3 +123,21 @@ async def test_a_slow_command_does_not_block_the_next(bus: Bus, server: RpcServe
     assert not slow.done()
     released.set()
     assert await slow is None
+
+
+async def test_concurrent_calls_each_get_their_own_reply_and_a_late_one_is_dropped(
+    bus: Bus, server: RpcServer
+) -> None:
+    """Calls share one reply subscription per connection (rpc.Caller): each reply reaches
+    its own caller, a reply to a call that gave up is dropped, and nothing is kept."""
+    results = await asyncio.gather(
+        *(rpc.call(bus.nc, "approval", "echo", {"n": n}, TECH) for n in range(50))
+    )
+    assert [r["args"]["n"] for r in results] == list(range(50))
+    released.clear()
+    with pytest.raises(Unavailable):
+        await rpc.call(bus.nc, "approval", "hang", {}, TECH, timeout=0.2)
+    released.set()  # its reply comes now, to nobody
+    assert (await rpc.call(bus.nc, "approval", "echo", {"n": 99}, TECH))["args"] == {"n": 99}
+    caller = rpc._caller(bus.nc)
+    assert caller._sub is not None and not caller._waiting

@@ -222,7 +222,7 @@ class BulkPublisher:
         commands: list[bytes] = []
         for i, (subject, payload, headers) in enumerate(messages):
             block = _header_block(headers)
-            if block is None or len(payload) > limit or not _plain_subject(subject):
+            if block is None or len(payload) > limit or not plain_subject(subject):
                 return None
             commands.append(
                 b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
@@ -286,8 +286,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @functools.lru_cache(maxsize=4096)
-def _plain_subject(subject: str) -> bool:
-    """A subject nats-py publishes unchanged (not empty, no space or line break)."""
+def plain_subject(subject: str) -> bool:
+    """A subject nats-py publishes unchanged (not empty, no space or line break): one that
+    may be written into a protocol command as it is."""
     return bool(subject) and _SUBJECT_REFUSED.search(subject) is None
 
 

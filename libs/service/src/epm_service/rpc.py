@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,9 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from epm_service.errors import CommandError, Invalid, Unavailable
 from epm_service.metrics import RPC_SECONDS
+from epm_service.natsfast import core_callback, write_now
 from epm_service.principal import Principal
+from epm_service.publisher import plain_subject
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +113,74 @@ async def call(
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits from a client
         raise Invalid(f"the request cannot be sent on: {exc}; use smaller values") from None
     try:
-        msg = await nc.request(rpc_subject(service, command), payload, timeout=timeout)
+        data = await _caller(nc).request(rpc_subject(service, command), payload, timeout)
     except NoRespondersError:
         raise Unavailable(
             f"{service} is not running; start it (epm dev starts everything)"
         ) from None
-    except NatsTimeout:
+    except (NatsTimeout, TimeoutError):
         raise Unavailable(f"{service} did not answer within {timeout:g}s; try again") from None
-    reply = orjson.loads(msg.data)
+    reply = orjson.loads(data)
     if reply.get("ok"):
         return reply.get("result")
     raise CommandError.from_dict(reply.get("error") or {})
+
+
+class Caller:
+    """Request/reply for ``call``, one per connection: nats-py's ``request`` makes a future,
+    a ``wait_for`` and a ``Msg`` per call and hands the reply over through its queue; here
+    the replies reach their waiting futures in the read loop (``core_callback``) and the
+    request is written at once when nothing is ahead of it (``write_now``), as appends are
+    (docs/decisions.md 19). A reply subscription under the connection's own inbox prefix,
+    so a NATS user that may only read its inbox still gets its replies."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._inbox = b""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._next = 0
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """The reply's data; NoRespondersError, or TimeoutError after ``timeout`` seconds."""
+        if self._sub is None:
+            inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(f"{inbox}.*", cb=core_callback(self._on_reply))
+            self._inbox = f"{inbox}.".encode()
+        self._next += 1
+        token = str(self._next)
+        reply = self._inbox + token.encode()
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = fut
+        try:
+            command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload)
+            if (
+                len(payload) > self.nc.max_payload
+                or not plain_subject(subject)
+                or not write_now(self.nc, command)
+            ):
+                # nats-py's way: its checks (size, subject), its buffer while reconnecting
+                await self.nc.publish(subject, payload, reply=reply.decode())
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            del self._waiting[token]
+
+    def _on_reply(self, subject: str, data: bytes, status: str | None) -> None:
+        fut = self._waiting.get(subject[subject.rfind(".") + 1 :])
+        if fut is None or fut.done():
+            return  # a call that gave up (timed out) already
+        if status == "503":
+            fut.set_exception(NoRespondersError())
+        else:
+            fut.set_result(data)
+
+
+_CALLERS: weakref.WeakKeyDictionary[Client, Caller] = weakref.WeakKeyDictionary()
+
+
+def _caller(nc: Client) -> Caller:
+    caller = _CALLERS.get(nc)
+    if caller is None:
+        caller = _CALLERS[nc] = Caller(nc)
+    return caller
