@@ -15,6 +15,7 @@ Two replacements:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -203,6 +204,28 @@ def write_now(nc: Client, command: bytes) -> bool:
         return False
     writer.write(command)
     return True
+
+
+async def publish_now(nc: Client, subject: str, payload: bytes) -> None:
+    """``nc.publish(subject, payload)`` (no headers, no reply), written at once if nothing is
+    ahead of it: an acknowledgement, an answer, a command's reply, the one message a handler
+    ends with."""
+    if not plain_subject(subject) or len(payload) > nc.max_payload:
+        await nc.publish(subject, payload)  # nats-py refuses it, as it always did
+        return
+    if not write_now(nc, b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)):
+        await nc.publish(subject, payload)
+
+
+_SUBJECT_REFUSED = re.compile(r"[ \t\r\n]")
+"""What nats-py refuses in a subject it publishes (besides an empty one)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def plain_subject(subject: str) -> bool:
+    """A subject nats-py publishes unchanged (not empty, no space or line break): one that
+    may be written into a protocol command as it is."""
+    return bool(subject) and _SUBJECT_REFUSED.search(subject) is None
 
 
 def install() -> None:

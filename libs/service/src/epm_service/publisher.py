@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from epm_service.natsfast import MSG_ID, core_callback, write_now
+from epm_service.natsfast import MSG_ID, core_callback, plain_subject, write_now
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -221,21 +221,10 @@ class BulkPublisher:
         prefix = reply.encode()
         commands: list[bytes] = []
         for i, (subject, payload, headers) in enumerate(messages):
-            block = _header_block(headers)
-            if block is None or len(payload) > limit or not plain_subject(subject):
+            command = hpub(subject, payload, headers, b"%s%d" % (prefix, i), limit)
+            if command is None:
                 return None
-            commands.append(
-                b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
-                % (
-                    subject.encode(),
-                    prefix,
-                    i,
-                    len(block),
-                    len(block) + len(payload),
-                    block,
-                    payload,
-                )
-            )
+            commands.append(command)
         return b"".join(commands)
 
     async def _write(self, commands: bytes, count: int, payload_bytes: int) -> None:
@@ -279,17 +268,27 @@ class BulkPublisher:
             acks.done.set_result(acks.stored)  # type: ignore[arg-type]  # every slot is set
 
 
-_SUBJECT_REFUSED = re.compile(r"[ \t\r\n]")
-"""What nats-py refuses in a subject it publishes (besides an empty one)."""
+def hpub(
+    subject: str, payload: bytes, headers: dict[str, str], reply: bytes, max_payload: int
+) -> bytes | None:
+    """The HPUB command ``Client.publish`` writes for this message (``reply`` may be empty),
+    or None for one it would refuse or change (send that one through ``Client.publish``)."""
+    block = _header_block(headers)
+    if block is None or len(payload) > max_payload or not plain_subject(subject):
+        return None
+    return b"HPUB %s %s%s%d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply,
+        b" " if reply else b"",
+        len(block),
+        len(block) + len(payload),
+        block,
+        payload,
+    )
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header name nats-py writes as it is (an RFC 7230 token)."""
-
-
-@functools.lru_cache(maxsize=4096)
-def plain_subject(subject: str) -> bool:
-    """A subject nats-py publishes unchanged (not empty, no space or line break): one that
-    may be written into a protocol command as it is."""
-    return bool(subject) and _SUBJECT_REFUSED.search(subject) is None
 
 
 def _header_block(headers: dict[str, str]) -> bytes | None:

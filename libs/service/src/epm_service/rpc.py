@@ -24,9 +24,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from epm_service.errors import CommandError, Invalid, Unavailable
 from epm_service.metrics import RPC_SECONDS
-from epm_service.natsfast import core_callback, write_now
+from epm_service.natsfast import core_callback, plain_subject, publish_now, write_now
 from epm_service.principal import Principal
-from epm_service.publisher import plain_subject
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class RpcServer:
             }
         RPC_SECONDS.labels(self.service, command, outcome).observe(time.perf_counter() - started)
         if msg.reply:
-            await self.nc.publish(msg.reply, orjson.dumps(reply, default=str))
+            await publish_now(self.nc, msg.reply, orjson.dumps(reply, default=str))
 
 
 async def call(
