@@ -119,12 +119,10 @@ async def test_a_set_goes_out_as_client_publish_would_send_it(bus: Bus) -> None:
     await sub.unsubscribe()
 
 
-async def test_a_single_message_written_at_once_keeps_its_place_behind_pending_publishes(
-    bus: Bus,
-) -> None:
-    """A one-message set (an append) is written to the socket at once when nothing waits in
-    nats-py's pending buffer; with publishes pending it goes behind them, so the order the
-    application published in is the order the server sees."""
+async def test_a_command_written_at_once_never_overtakes_pending_publishes(bus: Bus) -> None:
+    """``natsfast.write_now`` (the online bench's devices) writes a command to the socket
+    only when nothing waits in nats-py's pending buffer; with publishes pending it refuses,
+    so the order the application published in is the order the server sees."""
     sub = await bus.nc.subscribe("bulk.order.>")
     await bus.nc.flush()
     bulk = BulkPublisher(bus.nc)

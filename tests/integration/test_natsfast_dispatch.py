@@ -11,7 +11,6 @@ from epm_service import natsfast
 from epm_service.bus import Bus
 from epm_service.natsfast import MSG_ID, AckReply, core_callback, ordered_callback
 from nats.aio.msg import Msg
-from nats.errors import BadSubjectError, MaxPayloadError
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 pytestmark = pytest.mark.integration
@@ -135,26 +134,4 @@ async def test_a_status_message_reaches_a_core_handler_with_its_status(bus: Bus)
     await bus.nc._process_msg(sub._id, b"status.x", b"", b"", b"NATS/1.0 503\r\n\r\n")
     await bus.nc._process_msg(sub._id, b"status.x", b"", b"ok", b"NATS/1.0\r\nA: b\r\n\r\n")
     assert got == [(b"", "503"), (b"ok", None)]
-    await sub.unsubscribe()
-
-
-async def test_publish_now_sends_what_publish_sends_and_refuses_what_it_refuses(bus: Bus) -> None:
-    """``natsfast.publish_now``: the message a handler ends with (an ack, an answer, a
-    command's reply), written at once when nothing is ahead of it, else nats-py's way; a
-    subject or payload nats-py refuses is refused the same way."""
-    sub = await bus.nc.subscribe("now.>")
-    await bus.nc.flush()
-    await natsfast.publish_now(bus.nc, "now.a", b"first")
-    await bus.nc.publish("now.b", b"pending")  # nats-py's buffer until its flusher runs
-    await natsfast.publish_now(bus.nc, "now.c", b"")  # behind it
-    got = [await sub.next_msg(timeout=5) for _ in range(3)]
-    assert [(m.subject, m.data) for m in got] == [
-        ("now.a", b"first"),
-        ("now.b", b"pending"),
-        ("now.c", b""),
-    ]
-    with pytest.raises(BadSubjectError):
-        await natsfast.publish_now(bus.nc, "now bad", b"x")
-    with pytest.raises(MaxPayloadError):
-        await natsfast.publish_now(bus.nc, "now.big", b"x" * (bus.nc.max_payload + 1))
     await sub.unsubscribe()

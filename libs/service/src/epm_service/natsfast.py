@@ -187,15 +187,18 @@ async def _process_msg(
 # --- a command written at once -----------------------------------------------------------
 #
 # ``Client.publish`` appends its command to nats-py's pending buffer and wakes the flusher
-# task, which writes the buffer in its next turn: a loop hop per publish, worth it when many
-# publishes of one turn share a write, not for the one command a request or an append waits
-# on (bench/README.md, "Online request", session 6).
+# task, which writes the buffer in its next turn: the publishes of one loop turn share a
+# write. Services keep that (each write to a loopback socket costs the sender the
+# receiver's side of TCP as well: one write per message moved about 150 µs of CPU per
+# online request into nats-server, bench/README.md "Online request", session 6). The
+# online bench's simulated devices write each request at once: on their own machines
+# each would be a write of its own.
 
 
 def write_now(nc: Client, command: bytes) -> bool:
     """Write ``command`` to the socket now, if nothing is ahead of it (nats-py's pending
     buffer and the socket's write buffer both empty: order and back-pressure as the flusher
-    keeps them). False if not; then send it nats-py's way."""
+    keeps them). False if not; then send it nats-py's way (``Client.publish``)."""
     transport = nc._transport
     if nc._pending or not nc.is_connected or type(transport) is not TcpTransport:
         return False
@@ -204,17 +207,6 @@ def write_now(nc: Client, command: bytes) -> bool:
         return False
     writer.write(command)
     return True
-
-
-async def publish_now(nc: Client, subject: str, payload: bytes) -> None:
-    """``nc.publish(subject, payload)`` (no headers, no reply), written at once if nothing is
-    ahead of it: an acknowledgement, an answer, a command's reply, the one message a handler
-    ends with."""
-    if not plain_subject(subject) or len(payload) > nc.max_payload:
-        await nc.publish(subject, payload)  # nats-py refuses it, as it always did
-        return
-    if not write_now(nc, b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)):
-        await nc.publish(subject, payload)
 
 
 _SUBJECT_REFUSED = re.compile(r"[ \t\r\n]")

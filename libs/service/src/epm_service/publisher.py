@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from epm_service.natsfast import MSG_ID, core_callback, plain_subject, write_now
+from epm_service.natsfast import MSG_ID, core_callback, plain_subject
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -228,13 +228,10 @@ class BulkPublisher:
         return b"".join(commands)
 
     async def _write(self, commands: bytes, count: int, payload_bytes: int) -> None:
-        """Hand the commands to nats-py's pending buffer and its flusher, as ``publish`` does;
-        a single message is written at once if nothing is ahead of it (``write_now``)."""
+        """Hand the commands to nats-py's pending buffer and its flusher, as ``publish`` does."""
         nc = self.nc
         nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += payload_bytes
-        if count == 1 and write_now(nc, commands):
-            return
         await nc._send_command(commands)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()

@@ -24,7 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from epm_service.errors import CommandError, Invalid, Unavailable
 from epm_service.metrics import RPC_SECONDS
-from epm_service.natsfast import core_callback, plain_subject, publish_now, write_now
+from epm_service.natsfast import core_callback
 from epm_service.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RpcServer:
             }
         RPC_SECONDS.labels(self.service, command, outcome).observe(time.perf_counter() - started)
         if msg.reply:
-            await publish_now(self.nc, msg.reply, orjson.dumps(reply, default=str))
+            await self.nc.publish(msg.reply, orjson.dumps(reply, default=str))
 
 
 async def call(
@@ -128,14 +128,13 @@ async def call(
 class Caller:
     """Request/reply for ``call``, one per connection: nats-py's ``request`` makes a future,
     a ``wait_for`` and a ``Msg`` per call and hands the reply over through its queue; here
-    the replies reach their waiting futures in the read loop (``core_callback``) and the
-    request is written at once when nothing is ahead of it (``write_now``), as appends are
-    (docs/decisions.md 19). A reply subscription under the connection's own inbox prefix,
+    the replies reach their waiting futures in the read loop (``core_callback``), as an
+    append's acknowledgement does (docs/decisions.md 19). A reply subscription under the connection's own inbox prefix,
     so a NATS user that may only read its inbox still gets its replies."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
-        self._inbox = b""
+        self._inbox = ""
         self._sub: Any = None
         self._waiting: dict[str, asyncio.Future[bytes]] = {}
         self._next = 0
@@ -145,21 +144,14 @@ class Caller:
         if self._sub is None:
             inbox = self.nc.new_inbox()
             self._sub = await self.nc.subscribe(f"{inbox}.*", cb=core_callback(self._on_reply))
-            self._inbox = f"{inbox}.".encode()
+            self._inbox = f"{inbox}."
         self._next += 1
         token = str(self._next)
-        reply = self._inbox + token.encode()
+        reply = self._inbox + token
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[token] = fut
         try:
-            command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload)
-            if (
-                len(payload) > self.nc.max_payload
-                or not plain_subject(subject)
-                or not write_now(self.nc, command)
-            ):
-                # nats-py's way: its checks (size, subject), its buffer while reconnecting
-                await self.nc.publish(subject, payload, reply=reply.decode())
+            await self.nc.publish(subject, payload, reply=reply)
             async with asyncio.timeout(timeout):
                 return await fut
         finally:

@@ -49,7 +49,6 @@ from epm_events.subjects import (
 )
 from epm_service.deadletter import dead_letter
 from epm_service.errors import CommandError
-from epm_service.natsfast import publish_now
 from epm_service.principal import SYSTEM
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import call
@@ -222,7 +221,7 @@ class AgentIntake:
                 stream=AGENT.name,
                 seq=msg.metadata.sequence.stream,
             )
-        await publish_now(self.ctx.bus.nc, msg.reply, b"")  # msg.ack(), written at once
+        await msg.ack()
 
     # --- verification ------------------------------------------------------------
 
@@ -373,9 +372,7 @@ class AgentIntake:
         )
         answer = await self._auto_decide(tenant, request_id, body, created_seq)
         if v.reply_to:
-            await publish_now(
-                self.ctx.bus.nc, v.reply_to, orjson.dumps(answer.model_dump(mode="json"))
-            )
+            await self.ctx.bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
 
     async def on_offline_log_batch(self, v: Verified) -> None:
         """Records of the device's offline log (epm_request.replay), signed once per batch."""
