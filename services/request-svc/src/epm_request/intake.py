@@ -53,6 +53,7 @@ from epm_service.principal import SYSTEM
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
+from epm_service.turns import Turns
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from nats.aio.msg import Msg
@@ -72,6 +73,9 @@ GAP_RECHECK_DELAY = 2.0
 MAX_GAP_DEFERRALS = 3 * ACK_WAIT // 2
 """Deliveries of a batch after which its gap is reported even if an earlier upload still
 looks pending (about 3 x ack_wait: every delivered message is redelivered by then)."""
+
+
+_UPLOAD_SUFFIX = "." + OfflineLogBatch.NAME
 
 
 class Refused(Exception):
@@ -114,6 +118,10 @@ class AgentIntake:
         self._chains: dict[str, asyncio.Future[None]] = {}
         self._keys: dict[str, VerifyKey] = {}
         self.replay = OfflineReplay(ctx, self.store)
+        # Uploads start one per loop turn (a storm's batches are milliseconds of CPU each,
+        # and a thousand at once would be worked through before any acknowledgement is
+        # read); online requests do not queue behind the uploads waiting for a turn.
+        self._upload_turns = Turns()
         self.handlers: dict[str, Callable[[Verified], Awaitable[None]]] = {
             ElevationRequested.NAME: self.on_elevation_requested,
             OfflineLogBatch.NAME: self.on_offline_log_batch,
@@ -177,6 +185,8 @@ class AgentIntake:
     async def _after(self, prev: asyncio.Future[None] | None, msg: Msg) -> None:
         if prev is not None:
             await asyncio.wait([prev])
+        if msg.subject.endswith(_UPLOAD_SUFFIX):
+            await self._upload_turns.take()
         await self.handle(msg)
 
     async def handle(self, msg: Msg) -> None:
