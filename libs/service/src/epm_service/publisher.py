@@ -107,18 +107,9 @@ class EventPublisher:
             if (event.AGGREGATE, event.aggregate_id) != (first.AGGREGATE, first.aggregate_id):
                 raise ValueError("append() takes events of one aggregate")
             env = self.envelope(event, tenant, ids[i] if ids else None)
-            headers = {
-                MSG_ID: env.id,
-                EXPECTED_STREAM: EVENTS.name,
-                EXPECTED_LAST_SUBJECT_SEQ: str(expected),
-                EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: filt,
-            }
-            try:
-                [ack] = await self._appends().publish([(subject_of(env), encode(env), headers)])
-            except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
-                    raise ConcurrencyConflict(filt, expected) from None
-                raise
+            ack = await append_encoded(
+                self._appends(), subject_of(env), encode(env), env.id, filt, expected
+            )
             out.append(Appended(env, ack.seq, ack.duplicate))
             expected = ack.seq
         return out
@@ -138,6 +129,34 @@ class EventPublisher:
         if futures:
             seqs.extend(a.seq for a in await gather_acks(futures))
         return seqs
+
+
+async def append_encoded(
+    bulk: BulkPublisher,
+    subject: str,
+    payload: bytes,
+    msg_id: str,
+    aggregate: str,
+    expected: int,
+    timeout: float = PUBLISH_ACK_TIMEOUT,
+) -> Stored:
+    """One encoded event appended to EPM_EVENTS only if its aggregate (``aggregate``: the
+    aggregate's wildcard subject) still ends at sequence ``expected``, else
+    ConcurrencyConflict. Both expected-last-subject-sequence headers go with it (see
+    ``EventPublisher.append``)."""
+    headers = {
+        MSG_ID: msg_id,
+        EXPECTED_STREAM: EVENTS.name,
+        EXPECTED_LAST_SUBJECT_SEQ: str(expected),
+        EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate,
+    }
+    try:
+        [stored] = await bulk.publish([(subject, payload, headers)], timeout)
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            raise ConcurrencyConflict(aggregate, expected) from None
+        raise
+    return stored
 
 
 class Stored(NamedTuple):

@@ -129,8 +129,9 @@ class Caller:
     """Request/reply for ``call``, one per connection: nats-py's ``request`` makes a future,
     a ``wait_for`` and a ``Msg`` per call and hands the reply over through its queue; here
     the replies reach their waiting futures in the read loop (``core_callback``), as an
-    append's acknowledgement does (docs/decisions.md 19). A reply subscription under the connection's own inbox prefix,
-    so a NATS user that may only read its inbox still gets its replies."""
+    append's acknowledgement does (docs/decisions.md 19). The reply subscription is under
+    the connection's own inbox prefix, so a NATS user that may only read its inbox still
+    gets its replies."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc

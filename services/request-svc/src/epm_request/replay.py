@@ -40,17 +40,14 @@ from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import aggregate_filter, device_subject, event_subject
 from epm_service.projection import Projector
 from epm_service.publisher import (
-    EXPECTED_LAST_SUBJECT_SEQ,
-    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     EXPECTED_STREAM,
     MSG_ID,
     PUBLISH_ACK_TIMEOUT,
-    WRONG_LAST_SEQUENCE,
     BulkPublisher,
     ConcurrencyConflict,
+    append_encoded,
 )
 from epm_service.runtime import ServiceContext
-from nats.js.errors import APIError
 
 from epm_request import store
 from epm_request.offline_replay import Alert, DeviceLog, decide, redeemed_refs
@@ -216,30 +213,12 @@ class OfflineReplay:
         if not records:
             return
         (subject, payload, event_id), rest = records[0], records[1:]
-        try:
-            [ack] = await self.bulk.publish(
-                [
-                    (
-                        subject,
-                        payload,
-                        {
-                            MSG_ID: event_id,
-                            EXPECTED_STREAM: EVENTS.name,
-                            EXPECTED_LAST_SUBJECT_SEQ: str(agg_seq),
-                            EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: aggregate_filter(
-                                tenant, "device", device
-                            ),
-                        },
-                    )
-                ],
-                PUBLISH_ACK_TIMEOUT,
-            )
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise ConcurrencyConflict(f"device {device}", agg_seq) from None
-            raise
+        aggregate = aggregate_filter(tenant, "device", device)
+        ack = await append_encoded(
+            self.bulk, subject, payload, event_id, aggregate, agg_seq, PUBLISH_ACK_TIMEOUT
+        )
         if ack.duplicate:  # published already, after what our projection knows
-            raise ConcurrencyConflict(f"device {device}", agg_seq)
+            raise ConcurrencyConflict(aggregate, agg_seq)
         # One set, one wait (BulkPublisher: no future, callback and semaphore slot per
         # record). Bounded: nats-py never fails a publish lost with its server (killed,
         # say); without a bound this batch, and every later message of the device (handled
