@@ -285,6 +285,29 @@ async def test_sync_uploads_each_record_once_with_device_time_and_time_received(
     assert first["data"]["record_hash"] == log_of(agent)[0].hash
 
 
+async def test_an_upload_prepared_beforehand_sends_what_was_signed_and_marks_it_sent_on_ack(
+    bus: Bus, settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    """``prepare_upload`` is the device's own part (read, cut, sign): it sends and marks
+    nothing; ``upload`` with it sends those batches and marks them once acknowledged."""
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    async with agent:
+        identity = agent.identity
+        assert identity is not None
+        nothing = agent.prepare_upload(identity)
+        assert nothing.batches == [] and nothing.last
+        write_elevations(agent, 30)
+        prepared = agent.prepare_upload(identity)
+        assert [len(chunk) for chunk, _ in prepared.batches] == [30] and prepared.last
+        assert OfflineState(agent.state).upload_counts()[:2] == (30, 0)
+        connected = await agent._connect(identity)
+        assert connected is not None
+        assert await agent.upload(connected, identity, prepared) == 30
+        assert OfflineState(agent.state).upload_counts()[:2] == (30, 30)
+        assert await agent.upload(connected, identity) == 0
+    await exactly_once(bus, device_of(agent), range(1, 31))
+
+
 async def test_a_batch_replayed_twice_and_in_parallel_by_two_replicas_is_accepted_once(
     bus: Bus, settings: Settings, services: Services, tmp_path: Path
 ) -> None:

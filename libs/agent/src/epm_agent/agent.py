@@ -55,6 +55,16 @@ RESEND_AFTER = timedelta(minutes=10)
 """Records the stream took but request-svc never confirmed are sent again after this long
 (request-svc accepts each (device, sequence) once, so a second copy changes nothing)."""
 
+
+@dataclass(frozen=True, slots=True)
+class UploadRound:
+    """One round of an upload, ready to send: each batch's records and its signed message;
+    ``last``: the state held no more unsent records than these."""
+
+    batches: list[tuple[list[LogRecord], SignedMessage]]
+    last: bool
+
+
 ANSWER_TIMEOUT = 3.0
 """How long a request waits on its reply subject for request-svc's answer before it
 reports "open" (the message itself is safe in EPM_AGENT and will still be handled)."""
@@ -503,22 +513,46 @@ class Agent:
         records, _, confirmed = tables.upload_counts()
         return SyncResult(sent=sent, confirmed=confirmed, pending=records - confirmed)
 
-    async def upload(self, bus: Bus, identity: Identity) -> int:
+    def prepare_upload(self, identity: Identity) -> UploadRound:
+        """The device's own part of an upload round: its oldest unsent records (and those
+        the server never confirmed), read from the state, cut into batches and each batch
+        signed. Nothing is sent and nothing marked."""
+        state = self._state()
+        records = OfflineState(state).unsent(UPLOAD_READ, iso(self.clock() - RESEND_AFTER))
+        if not records:
+            return UploadRound([], last=True)
+        key = DeviceKey.load(state.key_path)
+        batches = [
+            (
+                chunk,
+                batch_message(
+                    key, tenant=identity.tenant, device_id=identity.device_id, records=chunk
+                ),
+            )
+            for chunk in chunks(records)
+        ]
+        return UploadRound(batches, last=len(records) < UPLOAD_READ)
+
+    async def upload(
+        self, bus: Bus, identity: Identity, prepared: UploadRound | None = None
+    ) -> int:
         """Send unsent records in signed batches with publish_async; a batch's records are
         marked sent once the stream acknowledged it, so an upload cut short resumes at the
-        first unacknowledged batch. Returns how many records were sent."""
-        state = self._state()
-        tables = OfflineState(state)
-        key = DeviceKey.load(state.key_path)
-        resend_before = iso(self.clock() - RESEND_AFTER)
+        first unacknowledged batch. Returns how many records were sent.
+
+        ``prepared``: the first round, made by ``prepare_upload`` beforehand (the replay
+        storm's simulated devices sign before its clock starts, as each would on its own
+        machine); later rounds are read as they come."""
+        tables = OfflineState(self._state())
         sent = 0
-        while records := tables.unsent(UPLOAD_READ, resend_before):
+        while True:
+            current = prepared if prepared is not None else self.prepare_upload(identity)
+            prepared = None
+            if not current.batches:
+                break
             pending = []
             try:
-                for chunk in chunks(records):
-                    message = batch_message(
-                        key, tenant=identity.tenant, device_id=identity.device_id, records=chunk
-                    )
+                for chunk, message in current.batches:
                     fut = await bus.js.publish_async(
                         message.subject, message.body, headers=message.headers
                     )
@@ -549,7 +583,7 @@ class Agent:
                 for _, fut in pending:
                     if not fut.done():
                         fut.cancel()
-            if len(records) < UPLOAD_READ:
+            if current.last:
                 break
         return sent
 
