@@ -29,7 +29,7 @@ pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
 APP = AppInfo(file_name="tool.exe", sha256="ab" * 32)
-TABLES = ("device_log", "device_log_records", "devices", "redeemed_codes", "_processed")
+TABLES = ("device_log", "device_log_records", "devices", "redeemed_codes")
 
 
 def stored(seq: int, event: Event, tenant: str = "acme", id: str | None = None) -> StoredMsg:
@@ -47,6 +47,10 @@ def elevation(seq: int, device: str, dseq: int, record_hash: str | None = None) 
         app=APP,
     )
     return stored(seq, event, id=offline_record_event_id(device, dseq, event.NAME))
+
+
+def orjson_event(m: StoredMsg) -> ElevationPerformed:
+    return ElevationPerformed.model_validate(orjson.loads(m.data)["data"])
 
 
 def with_data(m: StoredMsg, **changes: Any) -> StoredMsg:
@@ -80,7 +84,14 @@ def both_ways(tmp_path: Any, batches: list[list[StoredMsg]]) -> tuple[Any, Any]:
         ]
     assert fast_rejected == generic_rejected
     assert state(fast) == state(generic)
-    return state(fast), fast_rejected
+    # A plain record's identity is its (device, sequence), kept in the device log: the
+    # short way records no event id for it, the generic way does; nothing else differs.
+    plain = {r.event_id for batch in batches for m in batch if (r := _plain_record(m))}
+    fast_ids = dict(fast.execute("SELECT event_id, seq FROM _processed").fetchall())
+    generic_ids = dict(generic.execute("SELECT event_id, seq FROM _processed").fetchall())
+    assert not plain & fast_ids.keys()
+    assert fast_ids == {i: seq for i, seq in generic_ids.items() if i not in plain}
+    return state(fast) | {"_processed": sorted(fast_ids.items(), key=lambda i: i[1])}, fast_rejected
 
 
 def test_a_mixed_stream_leaves_the_store_as_the_generic_handlers_do(tmp_path: Any) -> None:
@@ -144,8 +155,8 @@ def test_records_of_many_devices_in_one_run(tmp_path: Any) -> None:
 
 
 def test_repeated_records_in_a_run_are_skipped_as_one_by_one(tmp_path: Any) -> None:
-    """A run's ids are recorded in one statement: one seen in an earlier batch, and one
-    twice in the same run, are skipped as the generic way skips them (the first wins)."""
+    """A record whose (device, sequence) the store holds, from an earlier batch or earlier
+    in the same run, is skipped as the generic way skips it (the first wins)."""
     enrolled = [
         stored(
             1, DeviceEnrolled(device_id="pc-1", hostname="pc-1", public_key="k", enrollment_id="e")
@@ -158,8 +169,15 @@ def test_repeated_records_in_a_run_are_skipped_as_one_by_one(tmp_path: Any) -> N
         elevation(12, "pc-1", 6),
         elevation(13, "pc-1", 5, "ff" * 32)._replace(seq=13),  # the id of seq 10, in this run
         elevation(14, "pc-1", 7),
+        # another event id for a sequence the log holds: changes nothing either way
+        stored(
+            15, orjson_event(elevation(15, "pc-1", 3)), id="0b0b0b0b-0b0b-4b0b-8b0b-0b0b0b0b0b0b"
+        ),
     ]
     after, rejected = both_ways(tmp_path, [enrolled, first, again])
     assert rejected == []
-    assert sorted(r[1] for r in after["_processed"]) == [1, 2, 3, 4, 5, 10, 12, 14]
+    assert [seq for _, seq in after["_processed"]] == [1]  # DeviceEnrolled only
+    assert sorted(r[1] for r in after["device_log_records"]) == [1, 2, 3, 4, 5, 6, 7]
+    assert [r[4] for r in after["device_log"]] == [7]  # records counted once each
+    assert {r[0]: r[-1] for r in after["devices"]}["pc-1"] == 14  # not moved by seq 15
     assert {r[1]: r[2] for r in after["device_log_records"]}[5] == f"{5:064x}"
