@@ -11,6 +11,7 @@ from epm_events.ids import (
     InvalidId,
     derived_event_id,
     new_event_id,
+    offline_record_event_id,
     validate_device,
     validate_tenant,
     validate_token,
@@ -83,3 +84,28 @@ def test_derived_event_id_is_the_rfc_4122_uuid5(source: str, name: str) -> None:
 
 def test_new_event_ids_are_unique() -> None:
     assert len({new_event_id() for _ in range(1000)}) == 1000
+
+
+def test_an_offline_record_id_is_a_uuid8_the_same_for_the_same_record() -> None:
+    first = offline_record_event_id("pc-1", 7, "ElevationPerformed")
+    assert first == offline_record_event_id("pc-1", 7, "ElevationPerformed")
+    parsed = uuid.UUID(first)
+    assert parsed.version == 8 and parsed.variant == uuid.RFC_4122 and str(parsed) == first
+
+
+def test_offline_record_ids_differ_per_device_sequence_and_type() -> None:
+    ids = {
+        offline_record_event_id(device, seq, name)
+        for device in ("pc-1", "pc-2")
+        for seq in (1, 2, 1 << 36, (1 << 36) + 1)
+        for name in ("ElevationPerformed", "OfflineCodeRedeemed")
+    }
+    assert len(ids) == 16
+
+
+def test_one_devices_records_sort_together_in_sequence_order() -> None:
+    """What keeps an index keyed by event id cheap: an upload's records are neighbours."""
+    ids = [offline_record_event_id("pc-1", seq, "ElevationPerformed") for seq in range(1, 5000)]
+    assert ids == sorted(ids)
+    other = offline_record_event_id("pc-2", 10, "ElevationPerformed")
+    assert not ids[0] < other < ids[-1]
