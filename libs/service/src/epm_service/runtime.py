@@ -55,6 +55,16 @@ class ServiceContext:
     def projector(self, name: str) -> Projector:
         return self.projectors[name]
 
+    async def connection(self, purpose: str) -> Bus:
+        """Another connection of this service (its credentials and inbox prefix), for
+        deliveries that must not queue ahead of the replies and acknowledgements on the
+        service's own: the caller closes it."""
+        return await connect(
+            self.settings,
+            name=f"{self.name}-{purpose}",
+            inbox_prefix=service_inbox_prefix(self.name),
+        )
+
     async def start_worker(self, worker: Worker) -> None:
         """Start a background worker (consumer, scheduler, relay); it is stopped with the service."""
         await worker.start()

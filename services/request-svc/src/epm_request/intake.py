@@ -47,6 +47,7 @@ from epm_events.subjects import (
     device_inbox_prefix,
     parse_agent_subject,
 )
+from epm_service.bus import Bus
 from epm_service.deadletter import dead_letter
 from epm_service.errors import CommandError
 from epm_service.principal import SYSTEM
@@ -115,6 +116,7 @@ class AgentIntake:
         self.js = ctx.bus.js
         self.store = ctx.projector(store.RequestStore.name)
         self._sub: Any = None
+        self._deliveries: Bus | None = None
         self._chains: dict[str, asyncio.Future[None]] = {}
         self._keys: dict[str, VerifyKey] = {}
         self.replay = OfflineReplay(ctx, self.store)
@@ -149,7 +151,14 @@ class AgentIntake:
         # Judge no device before the store knows every device: after a restart or a
         # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
         await self.store.wait_caught_up()
-        self._sub = await self.js.subscribe(
+        # Deliveries come on a connection of their own. On the service's connection a
+        # storm's uploads (a thousand of ~50 KB at once) queued ahead of the
+        # acknowledgements of the first records appended: request-svc read and parsed
+        # every upload before it learnt that one had been stored, and for about a second
+        # of a full storm nothing reached the audit trail (bench/README.md, "Replay
+        # storm", session 7).
+        self._deliveries = await self.ctx.connection("intake")
+        self._sub = await self._deliveries.js.subscribe(
             ALL_AGENT,
             durable=DURABLE,
             queue=DURABLE,
@@ -169,6 +178,8 @@ class AgentIntake:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        if self._deliveries is not None:
+            await self._deliveries.close()
 
     async def _on_msg(self, msg: Msg) -> None:
         # Per-device order: chain each message after the previous one of its device.
