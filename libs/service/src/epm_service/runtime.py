@@ -59,11 +59,7 @@ class ServiceContext:
         """Another connection of this service (its credentials and inbox prefix), for
         deliveries that must not queue ahead of the replies and acknowledgements on the
         service's own: the caller closes it."""
-        return await connect(
-            self.settings,
-            name=f"{self.name}-{purpose}",
-            inbox_prefix=service_inbox_prefix(self.name),
-        )
+        return await connect_service(self.settings, self.name, purpose)
 
     async def start_worker(self, worker: Worker) -> None:
         """Start a background worker (consumer, scheduler, relay); it is stopped with the service."""
@@ -107,9 +103,15 @@ class RunningService:
         await self.ctx.bus.close()
 
 
+async def connect_service(settings: Settings, service: str, purpose: str = "") -> Bus:
+    """A connection of ``service``: named after it (and ``purpose``), its replies under the
+    service's own inbox prefix, which is all its NATS user may read."""
+    name = f"{service}-{purpose}" if purpose else service
+    return await connect(settings, name=name, inbox_prefix=service_inbox_prefix(service))
+
+
 async def start_service(defn: ServiceDefinition, settings: Settings) -> RunningService:
-    # Replies come back under the service's own inbox prefix: its NATS user may read only those.
-    bus = await connect(settings, name=defn.name, inbox_prefix=service_inbox_prefix(defn.name))
+    bus = await connect_service(settings, defn.name)
     await check_streams(bus.js, defn.streams)
     ctx = ServiceContext(
         name=defn.name,

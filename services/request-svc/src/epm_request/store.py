@@ -262,10 +262,6 @@ def _new_records(conn: sqlite3.Connection, records: list[_Record]) -> list[_Reco
     return fresh
 
 
-LOOKUP_CHUNK = 500
-"""Ids per ``IN (...)`` query, well under SQLite's bound-parameter limit."""
-
-
 # --- handlers (writer thread, inside the batch transaction) ---------------------
 
 
