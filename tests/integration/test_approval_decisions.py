@@ -10,16 +10,27 @@ from typing import Any
 import pytest
 from epm_approval.app import DEFINITION, NAME
 from epm_approval.history import Recorded, read_events
-from epm_events.catalog import AppInfo, RequestCreated, RequestExpired, TenantCreated
+from epm_domain.request import answer_of_event
+from epm_events.catalog import (
+    AppInfo,
+    Approved,
+    Denied,
+    RequestCreated,
+    RequestExpired,
+    TenantCreated,
+)
+from epm_events.codec import decode, event_of
 from epm_events.ids import GLOBAL_TENANT, new_id
-from epm_events.subjects import aggregate_filter
+from epm_events.notices import Undecided
+from epm_events.subjects import UNDECIDED_NOTICE, aggregate_filter, event_type_filter
 from epm_service.bus import Bus
 from epm_service.errors import CommandError
-from epm_service.principal import SYSTEM, Principal
+from epm_service.principal import Principal
 from epm_service.publisher import ConcurrencyConflict, EventPublisher
 from epm_service.rpc import call
 from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
+from nats.aio.msg import Msg
 
 SHA_SETUP = "5" * 64
 SHA_TOOL = "7" * 64
@@ -30,6 +41,7 @@ SETUP = AppInfo(
     app_name="Contoso Setup",
     path=r"C:\Users\bob\Downloads\setup.exe",
 )
+DECIDING = (Approved.NAME, Denied.NAME)
 TOOL = AppInfo(file_name="tool.exe", sha256=SHA_TOOL, publisher="Fabrikam", app_name="Tool")
 
 ACME_TECH = Principal("tok-1", "alice", "tenant_technician", "acme")
@@ -84,18 +96,45 @@ async def refused(bus: Bus, command: str, principal: Principal, **args: Any) -> 
 async def auto_decide(
     bus: Bus, tenant: str = "acme", user: str = "bob", app: AppInfo = SETUP
 ) -> dict[str, Any]:
-    request_id, seq = await open_request(bus, tenant, user, app)
-    answer: dict[str, Any] = await ask(
-        bus,
-        "auto_decide",
-        SYSTEM,
-        tenant=tenant,
-        request_id=request_id,
-        user=user,
-        app=app.model_dump(),
-        expected_seq=seq,
-    )
-    return {"request_id": request_id, **answer}
+    """A new request and what approval-svc makes of it at once."""
+    [answer] = await verdicts(bus, [(tenant, user, app)])
+    return answer
+
+
+async def verdicts(bus: Bus, asks: list[tuple[str, str, AppInfo]]) -> list[dict[str, Any]]:
+    """What request-svc hears of new requests (epm_request.answers): approval-svc's decision
+    at once (the request's next event) or its notice that nothing decides it."""
+    heard: dict[str, dict[str, Any]] = {}
+    changed = asyncio.Event()
+
+    async def on_notice(msg: Msg) -> None:
+        heard.setdefault(Undecided.model_validate_json(msg.data).request_id, {"status": "open"})
+        changed.set()
+
+    async def on_decision(msg: Msg) -> None:
+        event = event_of(decode(msg.data))
+        assert isinstance(event, Approved | Denied)
+        answer = answer_of_event(event).model_dump(exclude_none=True)
+        if event.by.kind == "system":
+            answer["grant_id"] = event.by.id.removeprefix("grant:")
+        heard.setdefault(event.request_id, answer)
+        changed.set()
+
+    subs = [
+        await bus.nc.subscribe(UNDECIDED_NOTICE, cb=on_notice),
+        *[await bus.nc.subscribe(event_type_filter(n), cb=on_decision) for n in DECIDING],
+    ]
+    try:
+        await bus.nc.flush()
+        ids = [(await open_request(bus, t, u, a))[0] for t, u, a in asks]
+        async with asyncio.timeout(10):
+            while not all(i in heard for i in ids):
+                changed.clear()
+                await changed.wait()
+        return [{**heard[i], "request_id": i} for i in ids]
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
 
 
 async def request_events(bus: Bus, tenant: str, request_id: str) -> list[Recorded]:

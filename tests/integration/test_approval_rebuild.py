@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from epm_approval.app import DEFINITION
 from epm_approval.history import load_request
 from epm_events.catalog import AppInfo, TenantCreated
 from epm_service.bus import Bus
-from epm_service.principal import SYSTEM
 from epm_service.publisher import EventPublisher
 from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
@@ -23,6 +21,7 @@ from tests.integration.test_approval_decisions import (
     ask,
     auto_decide,
     open_request,
+    verdicts,
 )
 
 OTHER = AppInfo(file_name="other.exe", sha256="9" * 64, publisher="Nobody")
@@ -107,22 +106,7 @@ async def test_two_requests_racing_for_one_grant_consume_it_once(
     try:
         request_id, _ = await open_request(bus, user="gina")
         await ask(bus, "decide", ACME_TECH, request_id=request_id, decision="approve", scope="once")
-        racers = [await open_request(bus, user="gina") for _ in range(4)]
-        answers = await asyncio.gather(
-            *(
-                ask(
-                    bus,
-                    "auto_decide",
-                    SYSTEM,
-                    tenant="acme",
-                    request_id=rid,
-                    user="gina",
-                    app=SETUP.model_dump(),
-                    expected_seq=seq,
-                )
-                for rid, seq in racers
-            )
-        )
+        answers = await verdicts(bus, [("acme", "gina", SETUP)] * 4)
         assert sorted(a["status"] for a in answers) == ["approved", "open", "open", "open"]
     finally:
         await running.stop()

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from epm_events.catalog import TenantCreated
@@ -390,3 +391,43 @@ async def test_a_gathering_projection_says_whether_what_it_still_holds_matters(
         assert p.position < seq  # asking wrote nothing
     finally:
         await p.stop()
+
+
+async def test_reactions_run_for_events_received_after_they_are_registered_and_fail_alone(
+    bus: Bus, tmp_path: Path
+) -> None:
+    await publish(bus, tenants(3))
+    p = Projector(bus.js, AppliedLog(), tmp_path / "p.sqlite", service="test")
+    await p.start()
+    seen: list[str] = []
+    observed: list[int] = []
+    try:
+        await p.wait_caught_up(10)
+
+        async def react(m: StoredMsg) -> None:
+            seen.append(m.subject)
+            if len(seen) == 1:
+                raise RuntimeError("a reaction that fails")
+
+        def observe(m: StoredMsg) -> None:
+            observed.append(m.seq)
+            raise RuntimeError("an observer that fails")
+
+        p.react([TenantCreated.NAME], react)
+        p.observe([TenantCreated.NAME], observe)
+        more = await publish(bus, tenants(3, start=3))
+        assert await p.wait_for(more[-1], timeout=10)
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(seen) == sorted(subject_of(e) for e in _envelopes(tenants(3, start=3)))
+        assert observed == more  # in stream order, as received
+        assert await applied_count(p) == 6  # neither failure held the projection up
+    finally:
+        await p.stop()
+
+
+def _envelopes(events: list[TenantCreated]) -> list[Any]:
+    pub = EventPublisher(None, "/epm/test")  # type: ignore[arg-type]
+    return [pub.envelope(e, e.tenant_id) for e in events]

@@ -20,6 +20,7 @@ from epm_events.codec import decode
 from epm_events.envelope import agent_source
 from epm_events.ids import request_id_for
 from epm_events.subjects import agent_subject, device_inbox_prefix
+from epm_request import answers
 from epm_request.app import DEFINITION
 from epm_service.bus import Bus
 from epm_service.errors import CommandError
@@ -93,8 +94,13 @@ class Device:
 
 
 @pytest.fixture
-async def request_svc(bus: Bus, settings: Settings) -> AsyncIterator[RunningService]:
+async def request_svc(
+    bus: Bus, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RunningService]:
     settings.request_ttl = 3600
+    # No approval-svc runs here: nothing will decide a request or say it is undecided, and
+    # every answer would wait the whole DECISION_WAIT_SECONDS before saying "open".
+    monkeypatch.setattr(answers, "DECISION_WAIT_SECONDS", 0.1)
     pub = EventPublisher(bus.js, "/epm/test")
     for t in ("acme", "globex"):
         await pub.append(t, [TenantCreated(tenant_id=t, name=t.title(), created_by="test")], 0)

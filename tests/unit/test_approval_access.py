@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from epm_approval import access
-from epm_approval.decisions import answer_of, decided_by, rule_from_decision
+from epm_approval.decisions import rule_from_decision
 from epm_domain.request import Request, decide, evolve
 from epm_events.catalog import Actor, AppInfo, RequestCreated
 from epm_events.ids import GLOBAL_TENANT
 from epm_service.errors import Forbidden, Invalid, NotFound
-from epm_service.principal import SYSTEM, Principal
+from epm_service.principal import Principal
 
 TECH = Principal("t1", "alice", "tenant_technician", "acme")
 ADMIN = Principal("t2", "ann", "tenant_admin", "acme")
@@ -70,12 +70,6 @@ def test_rule_writers_follow_the_role_table() -> None:
         access.require_rule_writer(ADMIN, GLOBAL_TENANT)
 
 
-def test_only_the_system_principal_may_auto_decide() -> None:
-    access.require_system(SYSTEM)
-    with pytest.raises(Forbidden):
-        access.require_system(MSP)
-
-
 def test_a_decisions_rule_is_drafted_from_the_request_without_the_users_path() -> None:
     name, match = rule_from_decision(request(), {})
     assert name == "Contoso Setup (from request req-1)"
@@ -99,18 +93,20 @@ def test_a_technicians_edits_replace_the_draft() -> None:
         rule_from_decision(request(), {"rule": {"sha256": "not-a-hash"}})
 
 
-def test_answers_name_who_decided() -> None:
+def test_answers_name_who_decided_the_same_from_the_state_and_from_the_event() -> None:
+    from epm_domain.request import answer_of, answer_of_event, decided_by, expire
+
     by_grant = Actor(kind="system", id="grant:req-0")
     approved = decide(request(), decision="approve", scope="once", by=by_grant, now=NOW)
     state = evolve(request(), approved, "acme", NOW)
-    assert answer_of(state) == {
-        "status": "approved",
-        "decided_by": "grant:req-0",
-        "scope": "once",
-        "grant_id": "req-0",
-    }
+    assert answer_of(state) == answer_of_event(approved)
+    assert (answer_of(state).status, answer_of(state).decided_by) == ("approved", "grant:req-0")
     assert decided_by(Actor(kind="rule", id="rule-1")) == "rule:rule-1"
-    assert answer_of(request()) == {"status": "open"}
+    assert decided_by(Actor(kind="technician", id="msp:ann")) == "technician:msp:ann"
+    assert (answer_of(request()).status, answer_of(request()).decided_by) == ("open", None)
+    expired = expire(request(), request().expires_at)
+    assert expired is not None
+    assert answer_of(evolve(request(), expired, "acme", NOW)) == answer_of_event(expired)
 
 
 def test_only_rules_grants_and_once_approvals_change_an_automatic_decision() -> None:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from functools import singledispatch
 from typing import Literal
 
+from epm_events.agent import RequestAnswer
 from epm_events.catalog import (
     Actor,
     AppInfo,
@@ -184,6 +185,40 @@ def _decision(kind: Literal["approve", "deny"], e: Approved | Denied, at: dateti
         rule_id=e.rule_id,
         grant_id=getattr(e, "grant_id", None),
         reason=e.reason,
+    )
+
+
+# --- what the agent is told -----------------------------------------------------------
+
+
+def decided_by(by: Actor) -> str:
+    """Who decided, as an agent's answer names it: ``rule:<id>``, ``grant:<id>`` (the
+    system acting on a one-time grant), ``technician:<name>``."""
+    return by.id if by.kind == "system" else f"{by.kind}:{by.id}"
+
+
+def answer_of(r: Request) -> RequestAnswer:
+    """The answer for a request as it stands."""
+    d = r.decision
+    return RequestAnswer(
+        request_id=r.id,
+        status=r.status,
+        decided_by="system" if r.status == "expired" else decided_by(d.by) if d else None,
+        rule_id=d.rule_id if d else None,
+        scope=d.scope if d else None,
+    )
+
+
+def answer_of_event(event: Approved | Denied | RequestExpired) -> RequestAnswer:
+    """The answer a decision (or the expiry) gives, from the event alone."""
+    if isinstance(event, RequestExpired):
+        return RequestAnswer(request_id=event.request_id, status="expired", decided_by="system")
+    return RequestAnswer(
+        request_id=event.request_id,
+        status="approved" if isinstance(event, Approved) else "denied",
+        decided_by=decided_by(event.by),
+        rule_id=event.rule_id,
+        scope=event.scope,
     )
 
 

@@ -18,6 +18,12 @@ DEVICE_PREFIX = "epm.device"
 DLQ_PREFIX = "epm.dlq"
 RPC_PREFIX = "epm.rpc"
 DEVICE_RPC_PREFIX = "epm.devrpc"  # device -> server request/reply, signed; in no stream
+NOTICE_PREFIX = "epm.notice"  # service -> service hints on core NATS, in no stream
+
+UNDECIDED_NOTICE = f"{NOTICE_PREFIX}.undecided"
+"""approval-svc -> every request-svc replica: no one-time grant and no rule decides this new
+request; it waits for a technician (request-svc answers the agent ``open`` at once). A
+hint, never the truth: lost, the agent gets ``open`` a little later all the same."""
 
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
 ALL_AGENT = f"{AGENT_PREFIX}.>"

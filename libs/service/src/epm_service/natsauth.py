@@ -39,6 +39,7 @@ from epm_events.streams import AGENT, ALL_STREAMS, DEVICE, EVENTS
 from epm_events.subjects import (
     ALL_DEVICE,
     DEVICE_RPC_PREFIX,
+    UNDECIDED_NOTICE,
     device_filter,
     device_inbox_prefix,
     dlq_subject,
@@ -237,6 +238,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         calls=("approval-svc",),
         # decisions and replay acks to devices; online answers on a device's Epm-Reply-To
         publishes=(ALL_DEVICE, "_INBOX.*.*.>"),
+        subscribes=(UNDECIDED_NOTICE,),
     ),
     "approval-svc": ServiceGrant(
         aggregates=(
@@ -248,7 +250,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             "ruleproposal",
             "grant",
         ),
-        publishes=(ALL_DEVICE,),
+        publishes=(ALL_DEVICE, UNDECIDED_NOTICE),
         subscribes=(f"{DEVICE_RPC_PREFIX}.*.*.*",),
     ),
     "audit-svc": ServiceGrant(aggregates=("audit", "auditkey")),

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -251,6 +251,8 @@ class Projector:
             1, thread_name_prefix=f"{projection.name}-checkpoint"
         )
         self._cconn: sqlite3.Connection | None = None
+        self._observers: dict[str, list[Callable[[StoredMsg], None]]] = {}
+        self._reactions: set[asyncio.Task[None]] = set()
         self._filters: list[str] | None = None
         if projection.only_handled and filter_subject == ALL_EVENTS:
             self._filters = sorted(event_type_filter(cls.NAME) for cls in projection.handlers())
@@ -310,6 +312,8 @@ class Projector:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        for reaction in list(self._reactions):
+            await cancel_and_wait(reaction)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._checkpointer, self._close_checkpointer)
         self._checkpointer.shutdown(wait=True)
@@ -452,6 +456,52 @@ class Projector:
             self._loop_conn.execute("PRAGMA busy_timeout=5000")
         return fn(self._loop_conn)
 
+    # --- what is received, as it comes ---------------------------------------
+
+    def observe(self, names: Iterable[str], fn: Callable[[StoredMsg], None]) -> None:
+        """Call ``fn`` for every event of these names the consumer delivers from now on, in
+        nats-py's read loop as it is received, before it is written: for a waiter that only
+        needs to learn that the event exists (request-svc's answer to an agent). It must
+        not wait, and it sees replays too."""
+        for name in names:
+            self._observers.setdefault(name, []).append(fn)
+
+    def react(
+        self, names: Iterable[str], handler: Callable[[StoredMsg], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run ``handler`` in a task of its own for every event of these names received
+        from now on: a policy that acts on new events (approval-svc deciding a new request
+        by its rules). Call it once the projection has caught up: what it replays before
+        (a restart, a rebuilt file) is history, not news. Handlers run concurrently and
+        must be idempotent (another replica reacts too)."""
+
+        def start(m: StoredMsg) -> None:
+            task = asyncio.get_running_loop().create_task(handler(m))
+            self._reactions.add(task)
+            task.add_done_callback(self._reaction_done)
+
+        self.observe(names, start)
+
+    def _reaction_done(self, task: asyncio.Task[None]) -> None:
+        self._reactions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "a reaction to an event failed",
+                exc_info=task.exception(),
+                extra={"projection": self.projection.name},
+            )
+
+    def _tell_observers(self, m: StoredMsg) -> None:
+        fns = self._observers.get(m.subject[m.subject.rfind(".") + 1 :])
+        for fn in fns or ():
+            try:
+                fn(m)
+            except Exception:
+                log.exception(
+                    "an observer of received events failed",
+                    extra={"projection": self.projection.name, "seq": m.seq},
+                )
+
     # --- event loop side --------------------------------------------------
 
     def _receive(self, subject: str, ack: AckReply, data: bytes, msg_id: str | None) -> None:
@@ -465,13 +515,16 @@ class Projector:
             # before the first message that is sequence 1: never hand the writer the past twice.
             return
         self._last_seq = seq
-        self._buf.append(StoredMsg(seq, subject, data, msg_id, ts_ns))
+        m = StoredMsg(seq, subject, data, msg_id, ts_ns)
+        self._buf.append(m)
         self._live = pending == 0  # nothing behind this message: a trickle, not a backlog
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
         self._has_msgs.set()
         if len(self._buf) >= self.gather_up_to:
             self._wake.set()
+        if self._observers:
+            self._tell_observers(m)
 
     def _on_drain_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from epm_events.ids import GLOBAL_TENANT
 from epm_service.errors import Forbidden, NotFound
-from epm_service.principal import SYSTEM, Principal
+from epm_service.principal import Principal
 
 TENANT_DECISION_SCOPES = frozenset({"once", "tenant"})
 TENANT_RULE_WRITERS = frozenset({"msp_admin", "msp_technician", "tenant_admin"})
@@ -48,12 +48,6 @@ def require_rule_writer(principal: Principal, tenant: str) -> None:
             f"role {principal.role} may not change rules; ask a tenant admin or the MSP "
             "(technicians create tenant rules by deciding a request with scope 'tenant')"
         )
-
-
-def require_system(principal: Principal) -> None:
-    """``auto_decide`` is request-svc's internal call, never a user's."""
-    if principal.token_id != SYSTEM.token_id:
-        raise Forbidden("auto_decide is called by request-svc only")
 
 
 # --- offline access (API.md: policy is an admin's; responses and codes a technician's) ---------

@@ -16,8 +16,12 @@ Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
   DeviceKeyRotated                                  -> devices; sealed ``key`` to the device
   OfflineCodeIssued, OfflineResponseIssued          -> devices (next counter), codes
 
+Reactions (to new events the approval view receives, once it has caught up):
+- RequestCreated  a one-time grant, else rules: Approved/Denied at once; else
+                  ``UNDECIDED_NOTICE`` to request-svc (epm_request.answers), which answers
+                  the agent on the same round trip either way
+
 Commands (``epm.rpc.approval-svc.<command>``, docs/internal-contracts.md):
-- auto_decide   request-svc, right after RequestCreated: one-time grant, else rules, else open
 - decide        a technician's approve/deny, once | tenant | global (409 once decided/expired)
 - rule_draft    a rule pre-filled from a request
 - list_rules    a tenant's rules, or the global ones
@@ -42,9 +46,12 @@ aggregate's last sequence as expectation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
+from epm_events.catalog import Event, RequestCreated
 from epm_service.outbox import OutboxRelay
+from epm_service.projection import StoredMsg
 from epm_service.rpc import CommandHandler
 from epm_service.runtime import ServiceContext, ServiceDefinition, main
 from epm_service.tenants import TenantDirectory
@@ -68,7 +75,6 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
     rules = RuleAdmin(approval)
     offline = OfflineCommands(offline_of(ctx))
     return {
-        "auto_decide": decisions.auto_decide,
         "decide": decisions.decide,
         "rule_draft": decisions.rule_draft,
         "list_rules": rules.list_rules,
@@ -84,6 +90,14 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
     }
 
 
+def reactions(
+    ctx: ServiceContext,
+) -> Mapping[type[Event], Callable[[StoredMsg], Coroutine[Any, Any, None]]]:
+    """What approval-svc does when its view receives a new event of these types."""
+    decisions = Decisions(Approval.of(ctx))
+    return {RequestCreated: decisions.on_request_created}
+
+
 def offline_of(ctx: ServiceContext) -> Offline:
     view = ctx.projector(OfflineView.name)
     assert isinstance(view.projection, OfflineView)
@@ -96,6 +110,8 @@ async def on_start(ctx: ServiceContext) -> None:
     approval = Approval.of(ctx)
     await approval.view.wait_caught_up()
     await approval.rules.sync()
+    for event_type, react in reactions(ctx).items():
+        approval.view.react([event_type.NAME], react)
     await ctx.start_worker(OwedRules(approval))
     offline_view = ctx.projector(OfflineView.name)
     await offline_view.wait_caught_up()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from epm_service.projection import Projector
 from epm_service.publisher import EventPublisher
 from epm_service.runtime import ServiceContext
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from epm_approval.rulebook import RuleBook
@@ -19,6 +20,7 @@ READ_YOUR_WRITES_SECONDS = 5.0
 
 @dataclass
 class Approval:
+    nc: Client
     js: JetStreamContext
     publisher: EventPublisher
     view: Projector  # requests, rules, grants (epm_approval.view)
@@ -33,6 +35,7 @@ class Approval:
         found = _RUNNING.get(view)
         if found is None:
             found = _RUNNING[view] = cls(
+                nc=ctx.bus.nc,
                 js=ctx.bus.js,
                 publisher=ctx.publisher,
                 view=view,

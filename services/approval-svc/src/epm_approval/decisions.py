@@ -1,5 +1,6 @@
-"""Decisions on requests: by a one-time grant or a rule at once (``auto_decide``), or by a
-technician (``decide``), plus the rule draft a technician starts from.
+"""Decisions on requests: by a one-time grant or a rule at once (``on_request_created``, a
+reaction to every new RequestCreated), or by a technician (``decide``), plus the rule draft
+a technician starts from.
 
 "First decision wins" is JetStream's: every decision is appended with the
 request's last stream sequence as expectation, so of any number of racing
@@ -16,32 +17,30 @@ from epm_domain.request import Request, RequestError
 from epm_domain.request import decide as decide_request
 from epm_events.catalog import (
     Actor,
-    AppInfo,
     Approved,
     Denied,
     GrantConsumed,
+    RequestCreated,
     RuleMatch,
     RuleProposed,
     Scope,
 )
-from epm_events.ids import (
-    GLOBAL_TENANT,
-    derived_event_id,
-    new_id,
-    validate_tenant,
-    validate_token,
-)
+from epm_events.codec import DecodeError, decode, event_of
+from epm_events.ids import GLOBAL_TENANT, derived_event_id, new_id, validate_token
+from epm_events.notices import Undecided
+from epm_events.subjects import UNDECIDED_NOTICE
 from epm_service.errors import Conflict, Invalid, NotFound
 from epm_service.principal import Principal
+from epm_service.projection import StoredMsg
 from epm_service.publisher import Appended, ConcurrencyConflict
 
 from epm_approval import access
-from epm_approval.arguments import choice, integer, model, text
+from epm_approval.arguments import choice, model, text
 from epm_approval.context import Approval
 from epm_approval.history import load_request
 from epm_approval.rule_admin import append_rule, require_match
 from epm_approval.rules import draft_from_request
-from epm_approval.view import affects_auto_decision, find_request, unused_grants
+from epm_approval.view import affects_auto_decision, find_request, usable_grants
 
 log = logging.getLogger(__name__)
 
@@ -54,59 +53,74 @@ class Decisions:
     def __init__(self, approval: Approval) -> None:
         self.a = approval
 
-    # --- auto_decide: grants and rules, on request-svc's behalf -------------------
+    # --- a new request: a one-time grant or a rule decides it at once ------------------
 
-    async def auto_decide(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
-        access.require_system(principal)
-        tenant = validate_tenant(text(args, "tenant", max_len=63), allow_global=False)
-        request_id = validate_token(text(args, "request_id", max_len=128), "request id")
-        user = text(args, "user", max_len=256)
-        app = model(AppInfo, args.get("app"), "app")
-        expected = integer(args, "expected_seq", low=1)
+    async def on_request_created(self, m: StoredMsg) -> None:
+        """approval-svc's reaction to every new RequestCreated (``Projector.react`` on its
+        view, which has received everything before it): a one-time grant or a rule decides
+        it at once, else request-svc is told it waits for a technician (epm_request.answers
+        answers the agent with either)."""
+        try:
+            env = decode(m.data)
+            created = event_of(env)
+        except DecodeError:
+            return  # the view dead-letters it
+        if not isinstance(created, RequestCreated):
+            return
+        if await self.decide_at_once(env.tenant, created, m.seq) == "open":
+            notice = Undecided(request_id=created.request_id).model_dump_json().encode()
+            await self.a.nc.publish(UNDECIDED_NOTICE, notice)
+
+    async def decide_at_once(
+        self, tenant: str, created: RequestCreated, created_seq: int
+    ) -> Literal["decided", "open", "taken"]:
+        """``decided`` by a grant or a rule; ``open`` if neither decides it; ``taken`` if the
+        request was decided or expired meanwhile (by anyone: another replica reacts too)."""
+        request_id, user, app = created.request_id, created.user, created.app
+        ids = {"tenant": tenant, "request_id": request_id}
         # Every rule and grant recorded before the request has a smaller sequence: once the
         # projection has applied everything up to the request, the answer accounts for all
-        # of them (waiting for the request itself would add a projection round trip). What
-        # it has received but still gathers for one commit is usually other requests'
-        # events, which change no rule or grant: then it need not be written first.
+        # of them. What it has received but still gathers for one commit is usually other
+        # requests' events, which change no rule or grant: then it need not be written first.
         if not self.a.view.settled_through(
-            expected - 1, affects_auto_decision
-        ) and not await self.a.view.wait_for(expected - 1, timeout=AUTO_DECIDE_WAIT_SECONDS):
-            log.warning(
-                "projection behind; request left open for a technician",
-                extra={"tenant": tenant, "request_id": request_id, "expected_seq": expected},
-            )
-            return {"status": "open"}
-        ids = {"tenant": tenant, "request_id": request_id}
-        for grant in self.a.view.read_now(lambda c: unused_grants(c, tenant, user, app.sha256)):
-            consumed = GrantConsumed(
-                grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
-            )
+            created_seq - 1, affects_auto_decision
+        ) and not await self.a.view.wait_for(created_seq - 1, timeout=AUTO_DECIDE_WAIT_SECONDS):
+            log.warning("projection behind; request left open for a technician", extra=ids)
+            return "open"
+        grants = self.a.view.read_now(
+            lambda c: usable_grants(c, tenant, user, app.sha256, request_id)
+        )
+        for grant in grants:
             # Grant first, decision second: the reverse order could approve two requests with
-            # one grant. If the request is decided meanwhile (request-svc calls right after
-            # creating it, so this is rare) the grant is spent unused; never used twice.
-            try:
-                # Expecting the grant's last sequence: of two requests racing for one grant,
-                # only one consumes it. The id is derived, so a retried call is a duplicate.
-                await self.a.publisher.append(
-                    tenant,
-                    [consumed],
-                    grant.last_seq,
-                    ids=[derived_event_id(f"{grant.id}:{request_id}", "GrantConsumed")],
+            # one grant. If the request is decided meanwhile the grant is spent unused; never
+            # used twice. A grant this very request consumed (another replica reacting, or a
+            # crash between the two) goes on to its decision.
+            if grant.consumed_by != request_id:
+                consumed = GrantConsumed(
+                    grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
                 )
-            except ConcurrencyConflict:
-                continue  # consumed by another request a moment ago; try the next grant
-            log.info("one-time grant consumed", extra={**ids, "grant_id": grant.id})
+                try:
+                    # Expecting the grant's last sequence: of two requests racing for one
+                    # grant, only one consumes it. The id is derived: a retry is a duplicate.
+                    await self.a.publisher.append(
+                        tenant,
+                        [consumed],
+                        grant.last_seq,
+                        ids=[derived_event_id(f"{grant.id}:{request_id}", "GrantConsumed")],
+                    )
+                except ConcurrencyConflict:
+                    continue  # consumed by another request a moment ago; try the next grant
+                log.info("one-time grant consumed", extra={**ids, "grant_id": grant.id})
             approved = Approved(
                 request_id=request_id,
                 scope="once",
                 by=Actor(kind="system", id=f"grant:{grant.id}"),
                 reason=f"one-time grant from request {grant.id}",
             )
-            answer = await self._append_auto(tenant, approved, expected)
-            return {**answer, "grant_id": grant.id} if answer["status"] == "approved" else answer
+            return await self._append_at_once(tenant, approved, created_seq)
         verdict = await self.a.rules.evaluate(tenant, app)
         if verdict is None:
-            return {"status": "open"}
+            return "open"
         rule = verdict.rule
         by = Actor(kind="rule", id=rule.id)
         scope: Scope = "global" if rule.tenant == GLOBAL_TENANT else "tenant"
@@ -116,24 +130,22 @@ class Decisions:
         else:
             event = Approved(request_id=request_id, scope=scope, by=by, rule_id=rule.id)
         log.info("rule matched", extra={**ids, "rule_id": rule.id, "effect": verdict.effect})
-        return await self._append_auto(tenant, event, expected)
+        return await self._append_at_once(tenant, event, created_seq)
 
-    async def _append_auto(
+    async def _append_at_once(
         self, tenant: str, event: Approved | Denied, expected: int
-    ) -> dict[str, Any]:
+    ) -> Literal["decided", "taken"]:
         try:
             [done] = await self.a.publisher.append(
                 tenant, [event], expected, ids=[derived_event_id(event.request_id, "auto-decision")]
             )
         except ConcurrencyConflict:
-            # Decided or expired meanwhile (or this is a retry): answer what the stream says.
-            state, _ = await load_request(self.a.js, event.request_id, tenant)
-            return answer_of(state) if state else {"status": "open"}
+            return "taken"  # decided or expired meanwhile: the stream has the answer
         log.info(
             "request decided at once",
             extra={"tenant": tenant, "request_id": event.request_id, "event_id": done.envelope.id},
         )
-        return answer_of_event(event)
+        return "decided"
 
     # --- decide: a technician's decision --------------------------------------------
 
@@ -296,33 +308,3 @@ def rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, Rul
 def default_rule_name(request: Request) -> str:
     what = request.app.app_name or request.app.file_name
     return f"{what} (from request {request.id})"[:200]
-
-
-def answer_of(state: Request) -> dict[str, Any]:
-    """What auto_decide answers for a request already decided (or expired)."""
-    out: dict[str, Any] = {"status": state.status}
-    d = state.decision
-    if d is not None:
-        out["decided_by"] = decided_by(d.by)
-        out["scope"] = d.scope
-        if d.rule_id:
-            out["rule_id"] = d.rule_id
-        if d.by.kind == "system" and d.by.id.startswith("grant:"):
-            out["grant_id"] = d.by.id.removeprefix("grant:")
-    return out
-
-
-def answer_of_event(event: Approved | Denied) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "status": "approved" if isinstance(event, Approved) else "denied",
-        "decided_by": decided_by(event.by),
-        "scope": event.scope,
-    }
-    if event.rule_id:
-        out["rule_id"] = event.rule_id
-    return out
-
-
-def decided_by(by: Actor) -> str:
-    """``rule:<id>``, ``grant:<id>``, ``technician:<role>:<name>`` (as RequestAnswer says)."""
-    return by.id if by.kind == "system" else f"{by.kind}:{by.id}"

@@ -88,7 +88,7 @@ _DECIDING = frozenset({RuleCreated.NAME, RuleDisabled.NAME, GrantConsumed.NAME})
 
 
 def affects_auto_decision(m: StoredMsg) -> bool:
-    """Whether an event changes what ``auto_decide`` reads (rules and unused grants): a rule
+    """Whether an event changes what a decision at once reads (rules and unused grants): a rule
     created or disabled, a grant consumed, or a once-approval, which issues a grant. The
     request events of other requests (most of the stream) do not."""
     name = m.subject[m.subject.rfind(".") + 1 :]
@@ -328,13 +328,19 @@ class Grant:
     user: str
     sha256: str
     last_seq: int  # of the grant aggregate: 0 while unused
+    consumed_by: str | None = None
 
 
-def unused_grants(conn: sqlite3.Connection, tenant: str, user: str, sha256: str) -> list[Grant]:
-    """Unused one-time grants for this user and binary, oldest first."""
+def usable_grants(
+    conn: sqlite3.Connection, tenant: str, user: str, sha256: str, request_id: str
+) -> list[Grant]:
+    """One-time grants for this user and binary that this request may use, oldest first:
+    unused ones, and one this very request consumed already (another replica reacting to
+    the same request, or a reaction cut between the grant and the decision)."""
     rows = conn.execute(
-        "SELECT id, tenant, user, sha256, last_seq FROM grants "
-        "WHERE tenant = ? AND user = ? AND sha256 = ? AND used = 0 ORDER BY created_seq",
-        (tenant, user, sha256),
+        "SELECT id, tenant, user, sha256, last_seq, consumed_by FROM grants "
+        "WHERE tenant = ? AND user = ? AND sha256 = ? AND (used = 0 OR consumed_by = ?) "
+        "ORDER BY consumed_by IS NULL, created_seq",
+        (tenant, user, sha256, request_id),
     ).fetchall()
     return [Grant(*r) for r in rows]

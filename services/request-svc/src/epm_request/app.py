@@ -9,8 +9,9 @@ Where things go (the handler table of this service):
   TokenRevoked (tokens: whose NATS user to revoke); decisions
   are queued to devices (outbox -> EPM_DEVICE ``epm.device.<t>.<d>.decision``).
 - intake (epm_request.intake.AgentIntake), from EPM_AGENT:
-  ``ElevationRequested`` -> RequestCreated, then approval-svc ``auto_decide``,
-  answer on the agent's ``Epm-Reply-To``; ``OfflineLogBatch`` -> OfflineCodeRedeemed,
+  ``ElevationRequested`` -> RequestCreated, then the answer on the agent's
+  ``Epm-Reply-To``: approval-svc's decision at once as the store receives it, or ``open``
+  on its ``UNDECIDED_NOTICE`` (epm_request.answers); ``OfflineLogBatch`` -> OfflineCodeRedeemed,
   ElevationPerformed, AdminSessionStarted, AdminSessionEnded on the device aggregate
   (epm_request.replay, exactly once per (device, seq); gaps, forks, tampering and code
   reuse -> SecurityAlertRaised), then a ReplayAck on ``epm.device.<t>.<d>.replay``;

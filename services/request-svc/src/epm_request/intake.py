@@ -27,7 +27,7 @@ from typing import Any
 
 import nats.js.errors
 import orjson
-from epm_domain.request import create
+from epm_domain.request import answer_of, create
 from epm_events.agent import (
     REPLY_HEADER,
     SIGNATURE_HEADER,
@@ -49,10 +49,7 @@ from epm_events.subjects import (
 )
 from epm_service.bus import Bus
 from epm_service.deadletter import dead_letter
-from epm_service.errors import CommandError
-from epm_service.principal import SYSTEM
 from epm_service.publisher import ConcurrencyConflict
-from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
 from epm_service.turns import Turns
 from nacl.exceptions import BadSignatureError
@@ -62,6 +59,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from epm_request import store
+from epm_request.answers import PendingAnswers
 from epm_request.replay import EarlierUploadPending, OfflineReplay
 
 log = logging.getLogger(__name__)
@@ -120,6 +118,7 @@ class AgentIntake:
         self._chains: dict[str, asyncio.Future[None]] = {}
         self._keys: dict[str, VerifyKey] = {}
         self.replay = OfflineReplay(ctx, self.store)
+        self.answers = PendingAnswers()
         # Uploads start one per loop turn (a storm's batches are milliseconds of CPU each,
         # and a thousand at once would be worked through before any acknowledgement is
         # read); online requests do not queue behind the uploads waiting for a turn.
@@ -151,6 +150,7 @@ class AgentIntake:
         # Judge no device before the store knows every device: after a restart or a
         # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
         await self.store.wait_caught_up()
+        await self.answers.start(self.ctx.bus.nc, self.store)
         # Deliveries come on a connection of their own. On the service's connection a
         # storm's uploads (a thousand of ~50 KB at once) queued ahead of the
         # acknowledgements of the first records appended: request-svc read and parsed
@@ -178,6 +178,7 @@ class AgentIntake:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        await self.answers.stop()
         if self._deliveries is not None:
             await self._deliveries.close()
 
@@ -380,18 +381,32 @@ class AgentIntake:
             now=now,
             ttl=timedelta(seconds=self.ctx.settings.request_ttl),
         )
+        # Expected before the append: approval-svc's verdict may come before its ack.
+        waiting = self.answers.expect(request_id)
         try:
-            appended = await self.ctx.publisher.append(
-                tenant, [event], 0, ids=[derived_event_id(v.msg_id, "RequestCreated")]
+            try:
+                [appended] = await self.ctx.publisher.append(
+                    tenant, [event], 0, ids=[derived_event_id(v.msg_id, "RequestCreated")]
+                )
+                # A duplicate was sent before (a redelivery or the agent's retry): its verdict
+                # came then, so answer what is known.
+                created = not appended.duplicate
+            except ConcurrencyConflict:
+                created = False
+            log.info(
+                "request created" if created else "request sent again",
+                extra={"tenant": tenant, "device_id": device, "request_id": request_id},
             )
-            created_seq = appended[0].seq
-        except ConcurrencyConflict:
-            created_seq = 0  # sent before (redelivery or agent retry): answer what is known
-        log.info(
-            "request created",
-            extra={"tenant": tenant, "device_id": device, "request_id": request_id},
-        )
-        answer = await self._auto_decide(tenant, request_id, body, created_seq)
+            answer = await self.answers.wait(waiting) if created else None
+        finally:
+            self.answers.forget(request_id)
+        if answer is None:
+            if created:
+                log.warning(
+                    "no verdict from approval-svc in time; the agent gets what the store knows",
+                    extra={"tenant": tenant, "request_id": request_id},
+                )
+            answer = await self._answer_from_store(request_id)
         if v.reply_to:
             await self.ctx.bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
 
@@ -431,38 +446,8 @@ class AgentIntake:
             return False
         return earlier.seq is not None and earlier.seq < v.stream_seq
 
-    async def _auto_decide(
-        self, tenant: str, request_id: str, body: ElevationRequested, created_seq: int
-    ) -> RequestAnswer:
-        if created_seq:
-            try:
-                result = await call(
-                    self.ctx.bus.nc,
-                    "approval-svc",
-                    "auto_decide",
-                    {
-                        "tenant": tenant,
-                        "request_id": request_id,
-                        "user": body.user,
-                        "app": body.app.model_dump(mode="json"),
-                        "expected_seq": created_seq,
-                    },
-                    SYSTEM,
-                    timeout=5,
-                )
-                return RequestAnswer.model_validate(
-                    {
-                        "request_id": request_id,
-                        **{k: result.get(k) for k in ("status", "decided_by", "rule_id", "scope")},
-                    }
-                )
-            except CommandError as exc:
-                log.warning(
-                    "auto_decide unavailable; request stays open: %s",
-                    exc.detail,
-                    extra={"tenant": tenant, "request_id": request_id},
-                )
+    async def _answer_from_store(self, request_id: str) -> RequestAnswer:
         row = await self.store.read(lambda c: store.get_request_state(c, request_id))
         if row is not None:
-            return store.answer_of(store.request_from_json(row[0]))
+            return answer_of(store.request_from_json(row[0]))
         return RequestAnswer(request_id=request_id, status="open")

@@ -15,8 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from epm_domain.offline_log import RECORD_EVENTS
-from epm_domain.request import REQUEST_EVENTS, Request, evolve
-from epm_events.agent import RequestAnswer
+from epm_domain.request import REQUEST_EVENTS, Request, answer_of, evolve
 from epm_events.catalog import (
     AppInfo,
     Approved,
@@ -505,22 +504,6 @@ def request_view(raw: str) -> dict[str, Any]:
             "at": dec["at"],
         }
     return out
-
-
-def answer_of(r: Request) -> RequestAnswer:
-    d = r.decision
-    decided_by = None
-    if r.status == "expired":
-        decided_by = "system"
-    elif d is not None:
-        decided_by = f"{d.by.kind}:{d.by.id}" if d.by.kind != "rule" else f"rule:{d.rule_id}"
-    return RequestAnswer(
-        request_id=r.id,
-        status=r.status,
-        decided_by=decided_by,
-        rule_id=d.rule_id if d else None,
-        scope=d.scope if d else None,
-    )
 
 
 # --- queries (reader threads) -------------------------------------------------------

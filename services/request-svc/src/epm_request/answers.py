@@ -1,0 +1,104 @@
+"""The answer an online agent gets on its round trip (epm_request.intake).
+
+request-svc appends RequestCreated and waits; approval-svc reacts to every new
+RequestCreated (epm_approval.decisions.Decisions.on_request_created) and either decides it
+at once, a one-time grant or a rule appending Approved/Denied on the request's subject, or
+says on ``UNDECIDED_NOTICE`` that nothing decides it and it waits for a technician.
+request-svc learns of the decision from its own store's consumer the moment it is
+received (``Projector.observe``, before it is written), so no command crosses between the
+two services on the way: four message transfers fewer per request than a call and its
+reply, on a machine where each one wakes a process (bench/README.md, "Online request").
+
+Nothing here is the truth: a waiter that hears nothing for ``DECISION_WAIT_SECONDS``
+(approval-svc down or far behind) answers from the store, ``open`` for a request nobody
+decided yet; a later decision still reaches the device on EPM_DEVICE, as every decision
+does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from epm_domain.request import answer_of_event
+from epm_events.agent import RequestAnswer
+from epm_events.catalog import Approved, Denied, RequestExpired
+from epm_events.codec import DecodeError, decode, event_of
+from epm_events.notices import Undecided
+from epm_events.subjects import UNDECIDED_NOTICE
+from epm_service.projection import Projector, StoredMsg
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+DECISION_WAIT_SECONDS = 2.0
+"""How long an agent's answer waits for approval-svc's verdict on a new request before it
+says what the store knows (the agent itself gives up after 3 s, epm_agent.agent's
+ANSWER_TIMEOUT, and then reports ``open``)."""
+
+ENDINGS = (Approved.NAME, Denied.NAME, RequestExpired.NAME)
+
+
+class PendingAnswers:
+    """Requests whose agent waits for an answer, each with the future that gets it."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[RequestAnswer]] = {}
+        self._sub: Any = None
+
+    async def start(self, nc: Client, store: Projector) -> None:
+        store.observe(ENDINGS, self.on_request_ended)
+        # Not a queue group: the replica whose agent waits is the one that must hear it.
+        self._sub = await nc.subscribe(UNDECIDED_NOTICE, cb=self.on_undecided)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def expect(self, request_id: str) -> asyncio.Future[RequestAnswer]:
+        """Before RequestCreated is appended: its decision may be received before the
+        append's own acknowledgement."""
+        waiting = self._waiting.get(request_id)
+        if waiting is None or waiting.done():
+            waiting = self._waiting[request_id] = asyncio.get_running_loop().create_future()
+        return waiting
+
+    async def wait(self, waiting: asyncio.Future[RequestAnswer]) -> RequestAnswer | None:
+        """The verdict, or None if none came within ``DECISION_WAIT_SECONDS``."""
+        try:
+            async with asyncio.timeout(DECISION_WAIT_SECONDS):
+                return await waiting
+        except TimeoutError:
+            return None
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def on_request_ended(self, m: StoredMsg) -> None:
+        """A decision or an expiry, as the store's consumer receives it."""
+        if not self._waiting:
+            return
+        # epm.evt.<tenant>.request.<request_id>.<EventName>
+        waiting = self._waiting.get(m.subject.split(".")[4])
+        if waiting is None or waiting.done():
+            return
+        try:
+            event = event_of(decode(m.data))
+        except DecodeError:
+            return  # the store dead-letters it; the waiter answers from the store
+        if isinstance(event, Approved | Denied | RequestExpired):
+            waiting.set_result(answer_of_event(event))
+
+    async def on_undecided(self, msg: Msg) -> None:
+        try:
+            request_id = Undecided.model_validate_json(msg.data).request_id
+        except ValidationError:
+            log.warning("unreadable undecided notice ignored", extra={"size": len(msg.data)})
+            return
+        waiting = self._waiting.get(request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(RequestAnswer(request_id=request_id, status="open"))

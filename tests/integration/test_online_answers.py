@@ -1,0 +1,198 @@
+"""An online request's answer on a real nats-server: approval-svc reacts to RequestCreated,
+request-svc hears its decision (or its undecided notice) and answers the agent; nothing is
+asked between the two services (epm_request.answers, epm_approval.decisions)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from epm_approval.app import DEFINITION as APPROVAL
+from epm_approval.history import read_events
+from epm_events.catalog import AppInfo, TenantCreated
+from epm_events.ids import request_id_for
+from epm_events.subjects import aggregate_filter, device_inbox_prefix
+from epm_request import answers
+from epm_request.app import DEFINITION as REQUEST
+from epm_service.bus import Bus
+from epm_service.publisher import EventPublisher
+from epm_service.rpc import call
+from epm_service.runtime import RunningService, start_service
+from epm_service.settings import Settings
+
+from tests.integration.test_approval_decisions import (
+    ACME_ADMIN,
+    ACME_TECH,
+    SETUP,
+    names,
+    open_request,
+    request_events,
+    verdicts,
+)
+from tests.integration.test_request_svc import SHA, Device, enroll, eventually
+
+NEVER = 600.0
+"""A decision wait no test sits out: an answer that comes came from what approval-svc said."""
+
+
+@pytest.fixture
+async def tenants(bus: Bus) -> None:
+    pub = EventPublisher(bus.js, "/epm/gateway")
+    for tenant in ("acme", "globex"):
+        await pub.append(tenant, [TenantCreated(tenant_id=tenant, name=tenant, created_by="t")], 0)
+
+
+@pytest.fixture
+async def both(
+    bus: Bus, settings: Settings, tenants: None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    monkeypatch.setattr(answers, "DECISION_WAIT_SECONDS", NEVER)
+    request_svc = await start_service(REQUEST, settings)
+    approval_svc = await start_service(APPROVAL, settings)
+    yield
+    await approval_svc.stop()
+    await request_svc.stop()
+
+
+async def ask_online(bus: Bus, dev: Device, sha: str = SHA) -> dict[str, Any]:
+    reply = f"{device_inbox_prefix(dev.tenant, dev.device_id)}.r1"
+    sub = await bus.nc.subscribe(reply, max_msgs=1)
+    subject, body, headers = dev.message(reply=reply, sha=sha)
+    await bus.js.publish(subject, body, headers=headers)
+    answer: dict[str, Any] = orjson.loads((await sub.next_msg(timeout=10)).data)
+    assert answer["request_id"] == request_id_for(headers["Nats-Msg-Id"])
+    return answer
+
+
+async def test_a_rules_decision_reaches_the_agent_on_the_round_trip(bus: Bus, both: None) -> None:
+    rule = await call(
+        bus.nc,
+        "approval-svc",
+        "create_rule",
+        {"tenant": "acme", "name": "setup", "effect": "allow", "match": {"sha256": SHA}},
+        ACME_ADMIN,
+    )
+    dev = await enroll(bus, "acme")
+    answer = await ask_online(bus, dev)
+    assert (answer["status"], answer["rule_id"], answer["decided_by"]) == (
+        "approved",
+        rule["id"],
+        f"rule:{rule['id']}",
+    )
+
+
+async def test_a_request_nothing_decides_is_answered_open_on_approval_svcs_notice(
+    bus: Bus, both: None
+) -> None:
+    dev = await enroll(bus, "acme")
+    answer = await ask_online(bus, dev, sha="d" * 64)
+    assert (answer["status"], answer["decided_by"]) == ("open", None)
+
+
+async def test_a_one_time_grant_answers_the_next_request_on_the_round_trip(
+    bus: Bus, both: None
+) -> None:
+    dev = await enroll(bus, "acme")
+    first = await ask_online(bus, dev)
+    assert first["status"] == "open"
+    await call(
+        bus.nc,
+        "approval-svc",
+        "decide",
+        {"request_id": first["request_id"], "decision": "approve", "scope": "once"},
+        ACME_TECH,
+    )
+    second = await ask_online(bus, dev)
+    assert (second["status"], second["decided_by"]) == ("approved", f"grant:{first['request_id']}")
+    assert (await ask_online(bus, dev))["status"] == "open"  # the grant is spent
+
+
+async def test_requests_replayed_into_a_rebuilt_view_are_history_not_news(
+    bus: Bus, settings: Settings, tenants: None
+) -> None:
+    """A restarted or rebuilt approval-svc decides no request it replays: only those created
+    while it runs (as when request-svc called it, an earlier request stays a technician's)."""
+    running = await start_service(APPROVAL, settings)
+    try:
+        await call(
+            bus.nc,
+            "approval-svc",
+            "create_rule",
+            {
+                "tenant": "acme",
+                "name": "setup",
+                "effect": "allow",
+                "match": {"sha256": SETUP.sha256},
+            },
+            ACME_ADMIN,
+        )
+    finally:
+        await running.stop()
+    while_down, _ = await open_request(bus)
+    for f in settings.data_dir.glob("approval-svc-*"):
+        f.unlink()
+    running = await start_service(APPROVAL, settings)
+    try:
+        [after] = await verdicts(bus, [("acme", "bob", SETUP)])
+        assert after["status"] == "approved"
+        assert names(await request_events(bus, "acme", while_down)) == ["RequestCreated"]
+    finally:
+        await running.stop()
+
+
+async def test_two_approval_replicas_decide_each_request_once(
+    bus: Bus, settings: Settings, tenants: None, tmp_path: Path
+) -> None:
+    other = settings.model_copy(update={"data_dir": tmp_path / "replica-2"})
+    replicas = [await start_service(APPROVAL, settings), await start_service(APPROVAL, other)]
+    try:
+        await call(
+            bus.nc,
+            "approval-svc",
+            "create_rule",
+            {
+                "tenant": "acme",
+                "name": "setup",
+                "effect": "allow",
+                "match": {"sha256": SETUP.sha256},
+            },
+            ACME_ADMIN,
+        )
+        await eventually(lambda: _both_know_a_rule(replicas))
+        by_rule = await verdicts(bus, [("acme", "bob", SETUP)] * 5)
+        assert {a["status"] for a in by_rule} == {"approved"}
+        tool = AppInfo(file_name="tool.exe", sha256="e" * 64, publisher="Fabrikam")
+        [first] = await verdicts(bus, [("acme", "carl", tool)])
+        await call(
+            bus.nc,
+            "approval-svc",
+            "decide",
+            {"request_id": first["request_id"], "decision": "approve", "scope": "once"},
+            ACME_TECH,
+        )
+        by_grant = await verdicts(bus, [("acme", "carl", tool)] * 3)
+        assert sorted(a["status"] for a in by_grant) == ["approved", "open", "open"]
+        for answer in [*by_rule, *by_grant]:
+            events = await request_events(bus, "acme", answer["request_id"])
+            expected = ["RequestCreated"] + (["Approved"] if answer["status"] == "approved" else [])
+            assert names(events) == expected
+        grant = await read_events(bus.js, aggregate_filter("acme", "grant", first["request_id"]))
+        assert names(grant) == ["GrantConsumed"]  # once, whichever replica wrote it
+    finally:
+        for running in replicas:
+            await running.stop()
+        shutil.rmtree(other.data_dir, ignore_errors=True)
+
+
+async def _both_know_a_rule(replicas: list[RunningService]) -> bool:
+    for running in replicas:
+        rows = running.ctx.projector("approval").read_now(
+            lambda c: c.execute("SELECT count(*) FROM rules").fetchone()[0]
+        )
+        if not rows:
+            return False
+    return True
