@@ -62,11 +62,14 @@ rewinds it when a checkpoint finished and no commit landed since): past this siz
 checkpointer truncates it, waiting at most ``WAL_TRUNCATE_WAIT_MS`` for the writer (an
 inline write that finds the lock taken goes to the writer thread meanwhile)."""
 WAL_TRUNCATE_WAIT_MS = 200
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.02
 """Default of ``Projection.coalesce_seconds``. At an online request's pace each event came
 alone and cost a commit of its own (every b-tree page it touched written to the WAL, twice
-per request); gathered for 5 ms under load, a commit carries several and shares their
-pages (bench/README.md, "Online request")."""
+per request); gathered under load, a commit carries several and shares their pages
+(bench/README.md, "Online request"). 5 ms at first; 20 ms took another 5% of the CPU per
+online request across the services (session 8), and nothing waits on it: a read or a
+``wait_for`` writes what is gathered at once, and request-svc answers agents from what its
+consumer receives (``Projector.observe``), not from what is written."""
 
 
 class StoredMsg(NamedTuple):

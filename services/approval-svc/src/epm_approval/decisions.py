@@ -28,7 +28,7 @@ from epm_events.catalog import (
 from epm_events.codec import DecodeError, decode, event_of
 from epm_events.ids import GLOBAL_TENANT, derived_event_id, new_id, validate_token
 from epm_events.notices import Undecided
-from epm_events.subjects import UNDECIDED_NOTICE
+from epm_events.subjects import UNDECIDED_NOTICE, aggregate_filter
 from epm_service.errors import Conflict, Invalid, NotFound
 from epm_service.principal import Principal
 from epm_service.projection import StoredMsg
@@ -37,7 +37,7 @@ from epm_service.publisher import Appended, ConcurrencyConflict
 from epm_approval import access
 from epm_approval.arguments import choice, model, text
 from epm_approval.context import Approval
-from epm_approval.history import load_request
+from epm_approval.history import load_request, read_events
 from epm_approval.rule_admin import append_rule, require_match
 from epm_approval.rules import draft_from_request
 from epm_approval.view import affects_auto_decision, find_request, usable_grants
@@ -101,7 +101,7 @@ class Decisions:
                 )
                 try:
                     # Expecting the grant's last sequence: of two requests racing for one
-                    # grant, only one consumes it. The id is derived: a retry is a duplicate.
+                    # grant, only one consumes it.
                     await self.a.publisher.append(
                         tenant,
                         [consumed],
@@ -109,7 +109,11 @@ class Decisions:
                         ids=[derived_event_id(f"{grant.id}:{request_id}", "GrantConsumed")],
                     )
                 except ConcurrencyConflict:
-                    continue  # consumed by another request a moment ago; try the next grant
+                    # Consumed a moment ago: by another request (try the next grant), or for
+                    # this one by another replica (JetStream checks the expected sequence
+                    # before the duplicate id: a repeat is refused, not deduplicated).
+                    if not await self._consumed_for(tenant, grant.id, request_id):
+                        continue
                 log.info("one-time grant consumed", extra={**ids, "grant_id": grant.id})
             approved = Approved(
                 request_id=request_id,
@@ -131,6 +135,14 @@ class Decisions:
             event = Approved(request_id=request_id, scope=scope, by=by, rule_id=rule.id)
         log.info("rule matched", extra={**ids, "rule_id": rule.id, "effect": verdict.effect})
         return await self._append_at_once(tenant, event, created_seq)
+
+    async def _consumed_for(self, tenant: str, grant_id: str, request_id: str) -> bool:
+        """Whether the stream says this grant was consumed by this request."""
+        recorded = await read_events(self.a.js, aggregate_filter(tenant, "grant", grant_id))
+        return any(
+            isinstance(r.event, GrantConsumed) and r.event.request_id == request_id
+            for r in recorded
+        )
 
     async def _append_at_once(
         self, tenant: str, event: Approved | Denied, expected: int
