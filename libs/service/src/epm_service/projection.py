@@ -523,11 +523,13 @@ class Projector:
         self._live = pending == 0  # nothing behind this message: a trickle, not a backlog
         if pending == 0:
             self._target = 0  # the stream end as we knew it is in the buffer now
+        if self._observers:
+            # Before the writer is woken: what they start runs first (the event loop runs
+            # ready callbacks in order), not behind a write of the whole batch on the loop.
+            self._tell_observers(m)
         self._has_msgs.set()
         if len(self._buf) >= self.gather_up_to:
             self._wake.set()
-        if self._observers:
-            self._tell_observers(m)
 
     def _on_drain_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
