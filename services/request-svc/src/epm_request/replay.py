@@ -113,6 +113,11 @@ class OfflineReplay:
         if mine is not None:  # read our own writes: the device's previous batch
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
         refs, code_hashes = redeemed_refs(device, batch)
+        if refs:
+            # The reuse checks read the store as committed: a code redeemed or issued a
+            # moment ago (another device's upload, acknowledged already) may still be on
+            # its way or gathering there. Rare in a storm, where records are elevations.
+            await self._catch_up()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             prepared = self._prepare(tenant, device, batch, refs, code_hashes, received)
             if (
