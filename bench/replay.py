@@ -36,6 +36,7 @@ from pathlib import Path
 import orjson
 from epm_agent.agent import Agent, UploadRound
 from epm_agent.device_key import DeviceKey
+from epm_agent.offline_log import LogRecord
 from epm_agent.offline_state import append_record
 from epm_agent.state import Identity, StateDir
 from epm_audit.app import NAME as AUDIT_SERVICE
@@ -161,9 +162,11 @@ async def storm(
         # Likewise each device reads its log and signs its batches on its own CPU; here
         # that would be a thousand devices' work on the services' two cores, in the middle
         # of what is measured. So it is done before the clock (``Agent.prepare_upload``),
-        # as the online row's devices sign before theirs; sending, the acknowledgements and
-        # marking the records sent (``Agent.upload``) run on the clock.
+        # as the online row's devices sign before theirs. Sending and the stream's
+        # acknowledgements run on the clock (``Agent.send_upload``); marking the records
+        # sent, each device's own bookkeeping (a commit of its state file), after it.
         rounds = [prepare(a) for a in agents]
+        acked: list[list[list[LogRecord]]] = [[] for _ in agents]
         gc.collect()
         pids = [p.pid for p in service] + ([server_pid] if server_pid else [])
         names = [*SERVICES, "nats-server"][: len(pids)]
@@ -171,11 +174,16 @@ async def storm(
         fleet_before = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(
-            *(upload(a, b, r) for a, b, r in zip(agents, buses, rounds, strict=True))
+            *(
+                a.send_upload(b, r, done)
+                for a, b, r, done in zip(agents, buses, rounds, acked, strict=True)
+            )
         )
         await trail.wait_records(trail_before, total)
         elapsed = time.perf_counter() - started
         fleet = (time.process_time() - fleet_before) / total * 1e6
+        marked = sum(a.mark_sent(done) for a, done in zip(agents, acked, strict=True))
+        assert marked == total, f"{marked:,} of {total:,} records acknowledged"
         cpu = {
             name: (cpu_seconds(pid) - c0) / total * 1e6
             for name, pid, c0 in zip(names, pids, cpu_before, strict=True)
@@ -203,12 +211,6 @@ def prepare(agent: Agent) -> UploadRound:
     identity = agent.identity
     assert identity is not None
     return agent.prepare_upload(identity)
-
-
-async def upload(agent: Agent, bus: Bus, prepared: UploadRound) -> None:
-    identity = agent.identity
-    assert identity is not None
-    await agent.upload(bus, identity, prepared)
 
 
 async def enroll_fleet(

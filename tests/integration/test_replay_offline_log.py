@@ -308,6 +308,29 @@ async def test_an_upload_prepared_beforehand_sends_what_was_signed_and_marks_it_
     await exactly_once(bus, device_of(agent), range(1, 31))
 
 
+async def test_a_sent_round_is_marked_only_by_mark_sent_with_what_the_stream_acknowledged(
+    bus: Bus, settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    """``send_upload`` publishes and collects the acknowledged batches; ``mark_sent`` is the
+    device's bookkeeping after it (the replay storm's devices do it after its clock)."""
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    async with agent:
+        identity = agent.identity
+        assert identity is not None
+        write_elevations(agent, 250)
+        prepared = agent.prepare_upload(identity)
+        connected = await agent._connect(identity)
+        assert connected is not None
+        acked: list[list[LogRecord]] = []
+        await agent.send_upload(connected, prepared, acked)
+        assert [len(chunk) for chunk in acked] == [len(c) for c, _ in prepared.batches]
+        assert OfflineState(agent.state).upload_counts()[:2] == (250, 0)
+        await exactly_once(bus, device_of(agent), range(1, 251))
+        assert agent.mark_sent(acked) == 250
+        assert OfflineState(agent.state).upload_counts()[:2] == (250, 250)
+        assert agent.mark_sent([]) == 0
+
+
 async def test_a_batch_replayed_twice_and_in_parallel_by_two_replicas_is_accepted_once(
     bus: Bus, settings: Settings, services: Services, tmp_path: Path
 ) -> None:

@@ -543,30 +543,18 @@ class Agent:
         ``prepared``: the first round, made by ``prepare_upload`` beforehand (the replay
         storm's simulated devices sign before its clock starts, as each would on its own
         machine); later rounds are read as they come."""
-        tables = OfflineState(self._state())
         sent = 0
         while True:
             current = prepared if prepared is not None else self.prepare_upload(identity)
             prepared = None
             if not current.batches:
                 break
-            pending = []
+            acked: list[list[LogRecord]] = []
             try:
-                for chunk, message in current.batches:
-                    fut = await bus.js.publish_async(
-                        message.subject, message.body, headers=message.headers
-                    )
-                    pending.append((chunk, fut))
-                acked: list[list[LogRecord]] = []
                 try:
-                    for chunk, fut in pending:
-                        async with asyncio.timeout(UPLOAD_ACK_TIMEOUT):
-                            await fut
-                        acked.append(chunk)
+                    await self.send_upload(bus, current, acked)
                 finally:  # what the stream acknowledged is sent, even if a later batch failed
-                    if acked:
-                        tables.mark_sent(acked[0][0].seq, acked[-1][-1].seq, iso(self.clock()))
-                        sent += sum(len(c) for c in acked)
+                    sent += self.mark_sent(acked)
             except nats.js.errors.NoStreamResponseError:
                 raise AgentError(
                     f"the server at {identity.nats_url} has no {AGENT.name} stream to take "
@@ -579,13 +567,39 @@ class Agent:
                     f"({type(exc).__name__}); {sent} records were sent, the rest go at the "
                     "next sync"
                 ) from None
-            finally:
-                for _, fut in pending:
-                    if not fut.done():
-                        fut.cancel()
             if current.last:
                 break
         return sent
+
+    async def send_upload(
+        self, bus: Bus, current: UploadRound, acked: list[list[LogRecord]]
+    ) -> None:
+        """Publish a prepared round with publish_async and add each batch the stream
+        acknowledged to ``acked``, in order, stopping at the first that fails (raised).
+        Nothing is marked: that is ``mark_sent``'s, for what ``acked`` holds."""
+        pending = []
+        try:
+            for chunk, message in current.batches:
+                fut = await bus.js.publish_async(
+                    message.subject, message.body, headers=message.headers
+                )
+                pending.append((chunk, fut))
+            for chunk, fut in pending:
+                async with asyncio.timeout(UPLOAD_ACK_TIMEOUT):
+                    await fut
+                acked.append(chunk)
+        finally:
+            for _, fut in pending:
+                if not fut.done():
+                    fut.cancel()
+
+    def mark_sent(self, acked: list[list[LogRecord]]) -> int:
+        """Mark the acknowledged batches' records sent (a contiguous run: batches are
+        acknowledged in order); how many."""
+        if not acked:
+            return 0
+        OfflineState(self._state()).mark_sent(acked[0][0].seq, acked[-1][-1].seq, iso(self.clock()))
+        return sum(len(chunk) for chunk in acked)
 
     async def _upload_quietly(self, bus: Bus, identity: Identity) -> None:
         """Whenever the agent reaches the server it uploads its offline log; a failure here
