@@ -215,7 +215,9 @@ def _record_of(
     if cls is None:
         return None, f"{entry.type!r} is not an offline record type", uploaded
     try:
-        record = cls.model_validate(uploaded)
+        # The model's validator itself: what model_validate calls, without its Python
+        # wrapper (1 µs of 4 a record, on the event loop every storm batch passes through).
+        record = cls.__pydantic_validator__.validate_python(uploaded)
     except ValidationError as exc:
         return None, f"not a valid {entry.type}: {str(exc).splitlines()[0]}", uploaded
     if record.device_id != device_id:
