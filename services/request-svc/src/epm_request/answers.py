@@ -26,7 +26,7 @@ from epm_events.agent import RequestAnswer
 from epm_events.catalog import Approved, Denied, RequestExpired
 from epm_events.codec import DecodeError, decode, event_of
 from epm_events.notices import Undecided
-from epm_events.subjects import UNDECIDED_NOTICE
+from epm_events.subjects import UNDECIDED_NOTICE, parse_event_subject
 from epm_service.projection import Projector, StoredMsg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -82,8 +82,7 @@ class PendingAnswers:
         """A decision or an expiry, as the store's consumer receives it."""
         if not self._waiting:
             return
-        # epm.evt.<tenant>.request.<request_id>.<EventName>
-        waiting = self._waiting.get(m.subject.split(".")[4])
+        waiting = self._waiting.get(parse_event_subject(m.subject).aggregate_id)
         if waiting is None or waiting.done():
             return
         try:
