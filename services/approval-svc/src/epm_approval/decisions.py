@@ -93,8 +93,8 @@ class Decisions:
         for grant in grants:
             # Grant first, decision second: the reverse order could approve two requests with
             # one grant. If the request is decided meanwhile the grant is spent unused; never
-            # used twice. A grant this very request consumed (another replica reacting, or a
-            # crash between the two) goes on to its decision.
+            # used twice. A grant this very request consumed (another replica reacting to it
+            # too) goes on to its decision.
             if grant.consumed_by != request_id:
                 consumed = GrantConsumed(
                     grant_id=grant.id, request_id=request_id, user=user, sha256=app.sha256
