@@ -279,3 +279,20 @@ async def test_undecided_request_expires_and_the_device_is_told(
         assert orjson.loads(msg.data or b"")["status"] == "expired"
     finally:
         await running.stop()
+
+
+async def test_readiness_counts_the_intakes_own_connection(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    assert request_svc.ready() == (True, "")
+    intake = request_svc.ctx.connections["intake"].nc
+    status = intake._status
+    intake._status = intake.RECONNECTING  # what nats-py shows while it reconnects
+    try:
+        assert request_svc.ready() == (
+            False,
+            "the intake connection to NATS is down (reconnecting)",
+        )
+    finally:
+        intake._status = status
+    assert request_svc.ready() == (True, "")

@@ -51,6 +51,8 @@ class ServiceContext:
     publisher: EventPublisher
     projectors: dict[str, Projector] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    connections: dict[str, Bus] = field(default_factory=dict)
+    """The service's other connections (``connection``), by purpose: readiness checks them."""
 
     def projector(self, name: str) -> Projector:
         return self.projectors[name]
@@ -58,8 +60,9 @@ class ServiceContext:
     async def connection(self, purpose: str) -> Bus:
         """Another connection of this service (its credentials and inbox prefix), for
         deliveries that must not queue ahead of the replies and acknowledgements on the
-        service's own: the caller closes it."""
-        return await connect_service(self.settings, self.name, purpose)
+        service's own: the caller closes it. Until then readiness counts it."""
+        bus = self.connections[purpose] = await connect_service(self.settings, self.name, purpose)
+        return bus
 
     async def start_worker(self, worker: Worker) -> None:
         """Start a background worker (consumer, scheduler, relay); it is stopped with the service."""
@@ -86,6 +89,9 @@ class RunningService:
         nc = self.ctx.bus.nc
         if not nc.is_connected:
             return False, "not connected to NATS"
+        for purpose, bus in self.ctx.connections.items():
+            if not bus.nc.is_connected and not bus.nc.is_closed:
+                return False, f"the {purpose} connection to NATS is down (reconnecting)"
         for name, p in self.ctx.projectors.items():
             if not p.caught_up:
                 return False, f"projection {name} is catching up"
