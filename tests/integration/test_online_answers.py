@@ -20,7 +20,6 @@ from epm_request import answers
 from epm_request.app import DEFINITION as REQUEST
 from epm_service.bus import Bus
 from epm_service.publisher import EventPublisher
-from epm_service.rpc import call
 from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
 
@@ -28,6 +27,7 @@ from tests.integration.test_approval_decisions import (
     ACME_ADMIN,
     ACME_TECH,
     SETUP,
+    ask,
     names,
     open_request,
     request_events,
@@ -58,6 +58,19 @@ async def both(
     await request_svc.stop()
 
 
+async def allow(bus: Bus, sha256: str) -> Any:
+    """A tenant rule of acme's admin that approves this binary."""
+    match = {"sha256": sha256}
+    return await ask(
+        bus, "create_rule", ACME_ADMIN, tenant="acme", name="setup", effect="allow", match=match
+    )
+
+
+async def approve_once(bus: Bus, request_id: str) -> None:
+    """An acme technician approves once: a one-time grant for the request's user and binary."""
+    await ask(bus, "decide", ACME_TECH, request_id=request_id, decision="approve", scope="once")
+
+
 async def ask_online(bus: Bus, dev: Device, sha: str = SHA) -> dict[str, Any]:
     reply = f"{device_inbox_prefix(dev.tenant, dev.device_id)}.r1"
     sub = await bus.nc.subscribe(reply, max_msgs=1)
@@ -69,13 +82,7 @@ async def ask_online(bus: Bus, dev: Device, sha: str = SHA) -> dict[str, Any]:
 
 
 async def test_a_rules_decision_reaches_the_agent_on_the_round_trip(bus: Bus, both: None) -> None:
-    rule = await call(
-        bus.nc,
-        "approval-svc",
-        "create_rule",
-        {"tenant": "acme", "name": "setup", "effect": "allow", "match": {"sha256": SHA}},
-        ACME_ADMIN,
-    )
+    rule = await allow(bus, SHA)
     dev = await enroll(bus, "acme")
     answer = await ask_online(bus, dev)
     assert (answer["status"], answer["rule_id"], answer["decided_by"]) == (
@@ -99,13 +106,7 @@ async def test_a_one_time_grant_answers_the_next_request_on_the_round_trip(
     dev = await enroll(bus, "acme")
     first = await ask_online(bus, dev)
     assert first["status"] == "open"
-    await call(
-        bus.nc,
-        "approval-svc",
-        "decide",
-        {"request_id": first["request_id"], "decision": "approve", "scope": "once"},
-        ACME_TECH,
-    )
+    await approve_once(bus, first["request_id"])
     second = await ask_online(bus, dev)
     assert (second["status"], second["decided_by"]) == ("approved", f"grant:{first['request_id']}")
     assert (await ask_online(bus, dev))["status"] == "open"  # the grant is spent
@@ -118,18 +119,7 @@ async def test_requests_replayed_into_a_rebuilt_view_are_history_not_news(
     while it runs (as when request-svc called it, an earlier request stays a technician's)."""
     running = await start_service(APPROVAL, settings)
     try:
-        await call(
-            bus.nc,
-            "approval-svc",
-            "create_rule",
-            {
-                "tenant": "acme",
-                "name": "setup",
-                "effect": "allow",
-                "match": {"sha256": SETUP.sha256},
-            },
-            ACME_ADMIN,
-        )
+        await allow(bus, SETUP.sha256)
     finally:
         await running.stop()
     while_down, _ = await open_request(bus)
@@ -150,30 +140,13 @@ async def test_two_approval_replicas_decide_each_request_once(
     other = settings.model_copy(update={"data_dir": tmp_path / "replica-2"})
     replicas = [await start_service(APPROVAL, settings), await start_service(APPROVAL, other)]
     try:
-        await call(
-            bus.nc,
-            "approval-svc",
-            "create_rule",
-            {
-                "tenant": "acme",
-                "name": "setup",
-                "effect": "allow",
-                "match": {"sha256": SETUP.sha256},
-            },
-            ACME_ADMIN,
-        )
+        await allow(bus, SETUP.sha256)
         await eventually(lambda: _both_know_a_rule(replicas))
         by_rule = await verdicts(bus, [("acme", "bob", SETUP)] * 5)
         assert {a["status"] for a in by_rule} == {"approved"}
         tool = AppInfo(file_name="tool.exe", sha256="e" * 64, publisher="Fabrikam")
         [first] = await verdicts(bus, [("acme", "carl", tool)])
-        await call(
-            bus.nc,
-            "approval-svc",
-            "decide",
-            {"request_id": first["request_id"], "decision": "approve", "scope": "once"},
-            ACME_TECH,
-        )
+        await approve_once(bus, first["request_id"])
         by_grant = await verdicts(bus, [("acme", "carl", tool)] * 3)
         assert sorted(a["status"] for a in by_grant) == ["approved", "open", "open"]
         for answer in [*by_rule, *by_grant]:
