@@ -335,8 +335,8 @@ def usable_grants(
     conn: sqlite3.Connection, tenant: str, user: str, sha256: str, request_id: str
 ) -> list[Grant]:
     """One-time grants for this user and binary that this request may use, oldest first:
-    unused ones, and one this very request consumed already (another replica reacting to
-    the same request, or a reaction cut between the grant and the decision)."""
+    unused ones, and one this very request consumed already (another approval-svc replica
+    reacting to the same request)."""
     rows = conn.execute(
         "SELECT id, tenant, user, sha256, last_seq, consumed_by FROM grants "
         "WHERE tenant = ? AND user = ? AND sha256 = ? AND (used = 0 OR consumed_by = ?) "
