@@ -385,13 +385,14 @@ class AgentIntake:
         waiting = self.answers.expect(request_id)
         try:
             try:
-                [appended] = await self.ctx.publisher.append(
+                await self.ctx.publisher.append(
                     tenant, [event], 0, ids=[derived_event_id(v.msg_id, "RequestCreated")]
                 )
-                # A duplicate was sent before (a redelivery or the agent's retry): its verdict
-                # came then, so answer what is known.
-                created = not appended.duplicate
+                created = True
             except ConcurrencyConflict:
+                # Sent before (a redelivery or the agent's retry; nats-server checks the
+                # expected sequence before the duplicate id): its verdict came then, so
+                # answer what is known.
                 created = False
             log.info(
                 "request created" if created else "request sent again",
