@@ -234,6 +234,37 @@ async def test_refused_messages_raise_a_security_alert_and_create_nothing(
     assert [r["data"]["device_id"] for r in requests] == [good_dev.device_id]
 
 
+async def test_a_device_revoked_after_it_was_heard_is_refused_from_then_on(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    """The intake keeps the devices it has heard (their key and tenant never change) until
+    the store commits a revocation: the next message after it is refused."""
+    dev = await enroll(bus, "acme")
+    reply = f"{device_inbox_prefix('acme', dev.device_id)}.r1"
+    sub = await bus.nc.subscribe(reply, max_msgs=1)
+    subject, body, headers = dev.message(reply=reply)
+    await bus.js.publish(subject, body, headers=headers)
+    assert orjson.loads((await sub.next_msg(timeout=10)).data)["status"] == "open"
+    await call(
+        bus.nc,
+        "request-svc",
+        "revoke_device",
+        {"tenant": "acme", "device_id": dev.device_id},
+        ADMIN,
+    )
+    subject, body, headers = dev.message()
+    await bus.js.publish(subject, body, headers=headers)
+
+    async def alerts() -> list[dict[str, Any]]:
+        return await events_of_type(bus, "SecurityAlertRaised")
+
+    found = await eventually(alerts)
+    assert [(a["data"]["kind"], a["data"]["device_id"]) for a in found] == [
+        ("revoked_device", dev.device_id)
+    ]
+    assert len(await events_of_type(bus, "RequestCreated")) == 1
+
+
 async def test_malformed_message_is_dead_lettered(bus: Bus, request_svc: RunningService) -> None:
     dev = await enroll(bus, "acme")
     subject, _, headers = dev.message()

@@ -36,7 +36,7 @@ from epm_events.agent import (
     RequestAnswer,
     signing_bytes,
 )
-from epm_events.catalog import SecurityAlertRaised
+from epm_events.catalog import DeviceRevoked, SecurityAlertRaised
 from epm_events.codec import DecodeError, decode
 from epm_events.ids import GLOBAL_TENANT, InvalidId, derived_event_id, request_id_for
 from epm_events.streams import AGENT, EVENTS
@@ -117,6 +117,8 @@ class AgentIntake:
         self._deliveries: Bus | None = None
         self._chains: dict[str, asyncio.Future[None]] = {}
         self._keys: dict[str, VerifyKey] = {}
+        self._devices: dict[str, dict[str, Any]] = {}  # enrolled, not revoked (as of below)
+        self._devices_as_of = 0  # the store's last DeviceRevoked when they were read
         self.replay = OfflineReplay(ctx, self.store)
         self.answers = PendingAnswers()
         # Uploads start one per loop turn (a storm's batches are milliseconds of CPU each,
@@ -127,6 +129,23 @@ class AgentIntake:
             ElevationRequested.NAME: self.on_elevation_requested,
             OfflineLogBatch.NAME: self.on_offline_log_batch,
         }
+
+    def _device(self, device_id: str) -> dict[str, Any] | None:
+        """The device as the store has it. An enrolled device's tenant and key never change,
+        so one not revoked is kept until the store commits a DeviceRevoked (``watched``):
+        every online request and upload looked it up in SQLite before (about 40 µs)."""
+        revoked = self.store.last_seq_of.get(DeviceRevoked.NAME, 0)
+        if revoked != self._devices_as_of:
+            self._devices.clear()
+            self._devices_as_of = revoked
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self.store.read_now(lambda c: store.get_device(c, device_id))
+            if device is not None and not device["revoked"]:
+                if len(self._devices) > 100_000:
+                    self._devices.clear()
+                self._devices[device_id] = device
+        return device
 
     async def _device_after_catching_up(self, device_id: str) -> dict[str, Any] | None:
         """A device not in the store may have enrolled a moment ago: look again once the
@@ -256,7 +275,7 @@ class AgentIntake:
         msg_id = hdrs.get("Nats-Msg-Id")
         if not msg_id:
             raise Malformed("missing_msg_id", "agent messages need a Nats-Msg-Id header")
-        device = self.store.read_now(lambda c: store.get_device(c, subject.device))
+        device = self._device(subject.device)
         if device is None:
             device = await self._device_after_catching_up(subject.device)
         if device is None:
@@ -409,7 +428,10 @@ class AgentIntake:
                 )
             answer = await self._answer_from_store(request_id)
         if v.reply_to:
-            await self.ctx.bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
+            # On the connection the request came by: the answer and the acknowledgement that
+            # follows it leave in one write (one wake-up of nats-server, not two).
+            bus = self._deliveries or self.ctx.bus
+            await bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
 
     async def on_offline_log_batch(self, v: Verified) -> None:
         """Records of the device's offline log (epm_request.replay), signed once per batch."""

@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS request_history (
 class RequestStore(Projection):
     name = "store"
     schema = SCHEMA
+    watched = frozenset({DeviceRevoked.NAME})  # the intake's device cache drops on these
+
+    def __init__(self) -> None:
+        self.open_requests = OpenRequests()
 
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         """Replayed offline records take a short way (a replay storm brings a hundred
@@ -179,8 +183,13 @@ class RequestStore(Projection):
             TokenIssued: on_token_issued,
             TokenRevoked: on_token_revoked,
         }
+        open_requests = self.open_requests
+
+        def request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+            on_request_event(conn, e, at, open_requests)
+
         for cls in REQUEST_EVENTS:
-            table[cls] = on_request_event
+            table[cls] = request_event
         for record in RECORD_EVENTS.values():
             table[record] = on_offline_record
         table[OfflineCodeIssued] = on_code_issued
@@ -360,13 +369,48 @@ def on_code_issued(conn: sqlite3.Connection, e: OfflineCodeIssued, at: Applied) 
     )
 
 
-def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+class OpenRequests:
+    """The state of requests still open, as the writer last wrote it, with the stream
+    sequence it wrote: a decision (most often a rule's, milliseconds after RequestCreated)
+    then need not parse the request back from its JSON (26 µs of the store's ~330 per
+    online request, on request-svc's busiest thread). Only ever trusted when the row's
+    ``last_seq`` says it is what is committed, so a rolled-back write or a rebuilt file
+    falls back to the JSON. Writer thread only."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[int, Request]] = {}
+
+    def get(self, request_id: str, last_seq: int) -> Request | None:
+        hit = self._states.get(request_id)
+        return hit[1] if hit is not None and hit[0] == last_seq else None
+
+    def put(self, r: Request, seq: int) -> None:
+        if r.status != "open":
+            self._states.pop(r.id, None)
+            return
+        if len(self._states) >= self.LIMIT:
+            del self._states[next(iter(self._states))]  # the oldest
+        self._states[r.id] = (seq, r)
+
+
+def on_request_event(
+    conn: sqlite3.Connection, e: Event, at: Applied, open_requests: OpenRequests | None = None
+) -> None:
     tenant = at.env.tenant
-    row = conn.execute("SELECT state FROM requests WHERE id = ?", (e.aggregate_id,)).fetchone()
-    before = request_from_json(row[0]) if row else None
+    row = conn.execute(
+        "SELECT last_seq, state FROM requests WHERE id = ?", (e.aggregate_id,)
+    ).fetchone()
+    before = None
+    if row is not None:
+        cached = open_requests.get(e.aggregate_id, row[0]) if open_requests else None
+        before = cached if cached is not None else request_from_json(row[1])
     if before is None and not isinstance(e, RequestCreated):
         return  # a decision for a request we never saw: nothing to show
     after = evolve(before, e, tenant, at.received_at)
+    if open_requests is not None:
+        open_requests.put(after, at.seq)
     conn.execute(
         "INSERT INTO request_history (request_id, seq, type, time, data) VALUES (?,?,?,?,?)"
         " ON CONFLICT DO NOTHING",
