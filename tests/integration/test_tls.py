@@ -5,7 +5,10 @@ HTTPS (EPM_HTTP_TLS_*) while it talks to that server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -20,9 +23,10 @@ from epm_service.bus import connect
 from epm_service.natsserver import NatsServer, ServerTls, free_port
 from epm_service.settings import Settings
 
-from tests.certificates import TlsFiles
+from tests.certificates import TlsFiles, issue_tls_files
 from tests.integration.conftest import empty_streams
 from tests.integration.test_gateway_process import gateway_env, wait_ready
+from tests.integration.test_request_svc import eventually
 
 
 def tls_settings(server: NatsServer, files: TlsFiles, data_dir: Path) -> Settings:
@@ -165,3 +169,84 @@ async def test_the_gateway_names_a_missing_certificate_file(
     )
     assert result.returncode == 1
     assert f"EPM_HTTP_TLS_CERT={tmp_path / 'absent.crt'}: cannot read it".encode() in result.stderr
+
+
+def _first_cert_der(pem_file: Path) -> bytes:
+    pem = pem_file.read_text()
+    end = "-----END CERTIFICATE-----"
+    return ssl.PEM_cert_to_DER_cert(pem[: pem.index(end) + len(end)])
+
+
+async def _served_certificate(port: int, trusted: ssl.SSLContext) -> bytes:
+    """The certificate the gateway shows a new connection (DER)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()
+    assert der is not None
+    return bytes(der)
+
+
+@pytest.fixture
+def renewable_gateway(
+    tls_streams: Settings, tls_files: TlsFiles, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int, TlsFiles]]:
+    """The HTTPS gateway with its certificate and key in a directory of their own (as a
+    mounted Secret), looking at them every 0.1 s."""
+    mounted = tmp_path / "https"
+    mounted.mkdir()
+    files = TlsFiles(tls_files.ca, mounted / "tls.crt", mounted / "tls.key")
+    shutil.copy(tls_files.cert, files.cert)
+    shutil.copy(tls_files.key, files.key)
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(new_token() + "\n")
+    port = free_port()
+    env = {**https_gateway_env(tls_streams, files, port, token_file)}
+    env["EPM_TLS_RELOAD_SECONDS"] = "0.1"
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "epm_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    yield proc, port, files
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def test_a_renewed_gateway_certificate_is_served_without_a_restart(
+    renewable_gateway: tuple[subprocess.Popen[bytes], int, TlsFiles],
+    tls_files: TlsFiles,
+    tmp_path: Path,
+) -> None:
+    """cert-manager rewrites the mounted Secret before the certificate expires: the gateway
+    serves the new one from the next handshake on; a replacement it cannot load (a
+    half-written file) leaves it serving the one it has."""
+    proc, port, mounted = renewable_gateway
+    renewed = issue_tls_files(tmp_path / "renewed")
+    both_cas = tmp_path / "cas.crt"
+    both_cas.write_text(tls_files.ca.read_text() + renewed.ca.read_text())
+    trusted = ssl.create_default_context(cafile=str(both_cas))
+    await wait_ready(proc, f"https://127.0.0.1:{port}", verify=trusted)
+    assert await _served_certificate(port, trusted) == _first_cert_der(tls_files.cert)
+
+    # renewed: both files replaced, each at once (a rename), as the kubelet swaps a Secret
+    shutil.copy(renewed.cert, tmp_path / "new.crt")
+    shutil.copy(renewed.key, tmp_path / "new.key")
+    os.replace(tmp_path / "new.key", mounted.key)
+    os.replace(tmp_path / "new.crt", mounted.cert)
+
+    async def serves_the_renewed_one() -> bool:
+        return await _served_certificate(port, trusted) == _first_cert_der(renewed.cert)
+
+    await eventually(serves_the_renewed_one)
+
+    mounted.cert.write_text("-----BEGIN CERTIFICATE-----\nhalf written")
+    await asyncio.sleep(0.5)  # several looks at the files
+    assert await _served_certificate(port, trusted) == _first_cert_der(renewed.cert)
+    assert proc.poll() is None
+    assert "cannot be loaded" in (tmp_path / "gateway.log").read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 20) == 0, (tmp_path / "gateway.log").read_text()

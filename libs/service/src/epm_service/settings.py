@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # both set: the gateway serves HTTPS on EPM_HTTP_PORT with this certificate and key
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    # how often the gateway looks whether its certificate files were renewed (then it
+    # serves the new one from the next handshake on; epm_service.tls.CertificateReload)
+    tls_reload_seconds: float = 60.0
     health_port: int = 0  # 0: a free port (written to the log)
     log_level: str = "INFO"
     public_url: str = "http://127.0.0.1:8080"

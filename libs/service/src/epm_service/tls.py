@@ -8,11 +8,16 @@ process at start with the setting's name in the message, not at the first handsh
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import re
 import ssl
 from pathlib import Path
 
 from epm_service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _SSL_SOURCE = re.compile(r" \(_ssl\.c:\d+\)$")
 
@@ -133,3 +138,60 @@ def _load_pair(
             f"{_env_name(cert_field)}={cert} and {_env_name(key_field)}={key} are not a PEM"
             f" certificate and its unencrypted private key ({exc.reason or exc})"
         ) from exc
+
+
+class CertificateReload:
+    """A certificate and key that a live server context serves, loaded again when either
+    file changes on disk: a renewed certificate (cert-manager rewrites the mounted Secret
+    30 days before expiry) is served from the next handshake on, with no restart.
+    Connections open keep the certificate they began with. A replacement that cannot be
+    loaded (a half-written pair, say) is logged and the context keeps the certificate it
+    has; the next change is tried again."""
+
+    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path, what: str) -> None:
+        self.context = context
+        self.cert = cert
+        self.key = key
+        self.what = what
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Inode, size and modification time of both files, through symlinks (a Secret's
+        files are links into a directory the kubelet swaps at once)."""
+        stamps = []
+        for path in (self.cert, self.key):
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamps.append((0, 0, 0))
+                continue
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamps)
+
+    def check(self) -> bool:
+        """Load the files again if they changed since the last look; True if loaded."""
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.context.load_cert_chain(certfile=str(self.cert), keyfile=str(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "the %s files changed but cannot be loaded; still serving the certificate"
+                " loaded before: %s",
+                self.what,
+                getattr(exc, "reason", None) or exc,
+                extra={"cert": str(self.cert), "key": str(self.key)},
+            )
+            return False
+        log.info("reloaded the %s certificate", self.what, extra={"cert": str(self.cert)})
+        return True
+
+
+async def reload_certificates(reloads: list[CertificateReload], every: float) -> None:
+    """Look at the files every ``every`` seconds (``EPM_TLS_RELOAD_SECONDS``), forever."""
+    while True:
+        await asyncio.sleep(every)
+        for reload in reloads:
+            reload.check()

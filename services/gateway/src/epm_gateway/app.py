@@ -25,7 +25,13 @@ from epm_service.jsonlog import setup_logging
 from epm_service.runtime import RunningService, ServiceDefinition, start_service
 from epm_service.settings import Settings
 from epm_service.streams import MissingStreams
-from epm_service.tls import TlsSettingsError, https_files
+from epm_service.tls import (
+    CertificateReload,
+    TlsSettingsError,
+    https_files,
+    reload_certificates,
+)
+from epm_service.worker import cancel_and_wait
 
 from epm_gateway.api import create_app
 from epm_gateway.bootstrap import ensure_bootstrap_admin
@@ -72,6 +78,14 @@ async def serve(settings: Settings) -> None:
         ssl_keyfile=https[1] if https else None,
     )
     server = _Server(config)
+    reloading: asyncio.Task[None] | None = None
+    if https:
+        config.load()  # builds config.ssl, the context every handshake uses
+        assert config.ssl is not None
+        reloads = [CertificateReload(config.ssl, *https, what="gateway's HTTPS")]
+        reloading = asyncio.create_task(
+            reload_certificates(reloads, settings.tls_reload_seconds), name="tls-reload"
+        )
 
     def stop() -> None:
         log.info("stopping")
@@ -83,6 +97,8 @@ async def serve(settings: Settings) -> None:
     try:
         await server.serve()
     finally:
+        if reloading is not None:
+            await cancel_and_wait(reloading)
         with contextlib.suppress(Exception):
             await service.stop()
         log.info("stopped")
