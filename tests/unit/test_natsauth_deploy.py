@@ -21,14 +21,20 @@ PROCESSES = {f"Deployment/epm-{name}": name for name in SERVICE_GRANTS} | {
 }
 
 
+def main_container(spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod's first container (NATS pods in prod also run the config reloader)."""
+    container: dict[str, Any] = spec["containers"][0]
+    return container
+
+
 def container_env(spec: dict[str, Any]) -> dict[str, Any]:
-    (container,) = spec["containers"]
+    container = main_container(spec)
     return {e["name"]: e for e in container.get("env", [])}
 
 
 def secret_volumes(spec: dict[str, Any]) -> dict[str, str]:
     """mount path -> Secret name."""
-    (container,) = spec["containers"]
+    container = main_container(spec)
     by_volume = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
     return {
         m["mountPath"]: by_volume[m["name"]]
@@ -66,7 +72,7 @@ def test_nats_runs_in_operator_mode_from_the_resolver_secret(target: str) -> Non
     nats = one(rendered(target), "StatefulSet", "epm-nats")
     spec = nats["spec"]["template"]["spec"]
     assert secret_volumes(spec)["/etc/nats/auth"] == "epm-nats-resolver"
-    (container,) = spec["containers"]
+    container = main_container(spec)
     assert container["args"] == ["--config", "/etc/nats/config/nats.conf"]
 
 
