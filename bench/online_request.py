@@ -128,13 +128,34 @@ def stop_services(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a child process so far (Linux /proc; 0 elsewhere)."""
+    """User + system CPU time so far of a child process and of the processes it started
+    (request-svc's replay worker), as they run (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for p in (pid, *_children(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_children(kid)]
+    return found
 
 
 async def until_answers(bus: Bus, service: str, command: str, deadline: float = 60) -> None:

@@ -103,6 +103,29 @@ def children(tmp_path: Path) -> Iterator[Children]:
     kids.cleanup()
 
 
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(k) for k in (task / "children").read_text().split()]
+    return found
+
+
+def running(pid: int) -> bool:
+    """Not gone, and not a zombie nobody waits for."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def all_ended(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive := [pid for pid in pids if running(pid)]:
+        assert time.monotonic() < deadline, f"{alive} outlived their SIGKILLed parent"
+        await asyncio.sleep(0.05)
+
+
 async def kill9_when(
     proc: subprocess.Popen[bytes], check: Callable[[], Awaitable[bool]], what: str
 ) -> None:
@@ -114,8 +137,10 @@ async def kill9_when(
             proc.send_signal(signal.SIGSTOP)
             await asyncio.sleep(SETTLE)
             if await check():
+                kids = child_pids(proc.pid)
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(10) == -signal.SIGKILL
+                await all_ended(kids)  # request-svc's replay worker ends with it
                 return
             proc.send_signal(signal.SIGCONT)
         if time.monotonic() > deadline:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import time
 import uuid
 from collections import Counter
@@ -31,6 +33,7 @@ from epm_events.codec import decode
 from epm_events.streams import EVENTS
 from epm_events.subjects import device_subject
 from epm_request.app import DEFINITION
+from epm_request.intake import AgentIntake
 from epm_service.bus import Bus, connect
 from epm_service.natsfast import parse_ack_reply
 from epm_service.principal import Principal
@@ -592,3 +595,48 @@ async def test_one_code_redeemed_on_two_devices_raises_code_reuse(
     assert alert["evidence"]["first"]["device_id"] == device_of(first)
     assert alert["evidence"]["code_hash"] == "b" * 64
     await exactly_once(bus, device_of(second), range(1, 4))
+
+
+# --- where uploads are prepared ---------------------------------------------------------
+
+
+def intake_of(running: RunningService) -> AgentIntake:
+    return next(w for w in running.ctx.workers if isinstance(w, AgentIntake))
+
+
+async def test_uploads_prepared_on_the_event_loop_without_a_worker_are_accepted_once(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """EPM_REPLAY_WORKERS=0: the same preparation, on request-svc's event loop."""
+    inline = Services(settings.model_copy(update={"replay_workers": 0}))
+    pub = EventPublisher(bus.js, "/epm/test")
+    await pub.append("acme", [TenantCreated(tenant_id="acme", name="Acme", created_by="t")], 0)
+    running = await inline.start()
+    try:
+        assert intake_of(running).replay.workers == 0
+        agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+        write_elevations(agent, 120)
+        async with agent:
+            result = await agent.sync(wait_seconds=20)
+        assert result.as_json() == {"sent": 120, "confirmed": 120, "pending": 0}
+        await exactly_once(bus, device_of(agent), range(1, 121))
+    finally:
+        await inline.stop(running)
+
+
+async def test_a_killed_replay_worker_is_replaced_and_the_uploads_still_replayed(
+    bus: Bus, settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    write_elevations(agent, 30)
+    async with agent:
+        assert (await agent.sync(wait_seconds=20)).as_json()["confirmed"] == 30
+    pool = intake_of(services.running[0]).replay._pool
+    assert pool is not None
+    for pid in list(pool._processes):  # the worker processes
+        os.kill(pid, signal.SIGKILL)
+    write_elevations(agent, 30)
+    async with agent:
+        result = await agent.sync(wait_seconds=20)
+    assert result.as_json() == {"sent": 30, "confirmed": 60, "pending": 0}
+    await exactly_once(bus, device_of(agent), range(1, 61))

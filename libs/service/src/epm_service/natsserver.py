@@ -26,15 +26,22 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     crashed test run or a SIGKILLed ``epm dev`` leaves nothing behind."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()
 
     def hook() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, sig)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+        end_with_parent(parent, sig)
 
     return hook
+
+
+def end_with_parent(parent: int, sig: signal.Signals) -> None:
+    """In a child process of ``parent`` (a worker it spawned): get ``sig`` when the parent
+    dies, even by SIGKILL (Linux; nothing elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class NatsServerError(RuntimeError):

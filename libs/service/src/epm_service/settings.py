@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".epm")
     stream_replicas: int = 1
     request_ttl: float = 4 * 86400
+    # worker processes request-svc prepares offline log uploads in (checks, decisions,
+    # encoding: epm_request.upload_prep); 0 prepares them on its event loop
+    replay_workers: int = 1
     master_key: str | None = None
     # Earlier master keys, comma-separated: they still open what they sealed, never seal.
     master_key_previous: str | None = None

@@ -37,8 +37,7 @@ from epm_events.agent import (
     signing_bytes,
 )
 from epm_events.catalog import DeviceRevoked, SecurityAlertRaised
-from epm_events.codec import DecodeError, decode
-from epm_events.ids import GLOBAL_TENANT, InvalidId, derived_event_id, request_id_for
+from epm_events.ids import InvalidId, derived_event_id, request_id_for
 from epm_events.streams import AGENT, EVENTS
 from epm_events.subjects import (
     ALL_AGENT,
@@ -59,6 +58,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from epm_request import store
+from epm_request.admission import Malformed, Refused, checked_envelope
 from epm_request.answers import PendingAnswers
 from epm_request.replay import EarlierUploadPending, OfflineReplay
 
@@ -77,31 +77,12 @@ looks pending (about 3 x ack_wait: every delivered message is redelivered by the
 _UPLOAD_SUFFIX = "." + OfflineLogBatch.NAME
 
 
-class Refused(Exception):
-    """Input refused for a security reason: raise an alert, never a request."""
-
-    def __init__(
-        self, kind: str, reason: str, tenant: str = GLOBAL_TENANT, device_id: str | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-        self.tenant = tenant
-        self.device_id = device_id
-
-
-class Malformed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass(frozen=True, slots=True)
 class Verified:
     subject: AgentSubject
     msg_id: str
-    data: dict[str, Any]
+    data: dict[str, Any]  # the CloudEvent's data; {} for an upload (checked where prepared)
+    payload: bytes  # the CloudEvent as the device signed it
     reply_to: str | None
     received_at: datetime  # when EPM_AGENT stored the message
     stream_seq: int = 0  # its EPM_AGENT sequence
@@ -170,6 +151,7 @@ class AgentIntake:
         # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
         await self.store.wait_caught_up()
         await self.answers.start(self.ctx.bus.nc, self.store)
+        self.replay.start()
         # Deliveries come on a connection of their own. On the service's connection a
         # storm's uploads (a thousand of ~50 KB at once) queued ahead of the
         # acknowledgements of the first records appended: request-svc read and parsed
@@ -198,6 +180,7 @@ class AgentIntake:
         if self._sub is not None:
             await self._sub.unsubscribe()
         await self.answers.stop()
+        self.replay.stop()
         if self._deliveries is not None:
             await self._deliveries.close()
 
@@ -318,20 +301,13 @@ class AgentIntake:
                 subject.tenant,
                 subject.device,
             ) from None
-        try:
-            env = decode(msg.data)
-        except DecodeError as exc:
-            raise Malformed(exc.reason, exc.detail) from None
-        if env.id != msg_id:
-            raise Malformed("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
-        if env.tenant != subject.tenant:
-            raise Refused(
-                "tenant_mismatch",
-                f"envelope claims tenant {env.tenant!r} on a subject of tenant {subject.tenant!r}",
-                subject.tenant,
-                subject.device,
-            )
-        if subject.event_name not in self.handlers or env.event_name != subject.event_name:
+        data: dict[str, Any] = {}
+        if subject.event_name != OfflineLogBatch.NAME:
+            # An upload's envelope is checked where it is prepared (epm_request.upload_prep,
+            # in a worker process): parsing its records here would cost the event loop 2 µs
+            # a record of a replay storm.
+            data = checked_envelope(msg.data, msg_id, subject).data
+        if subject.event_name not in self.handlers:
             raise Malformed("unknown_type", f"agents may not publish {subject.event_name!r}")
         reply_to = hdrs.get(REPLY_HEADER)
         if reply_to and not reply_to.startswith(
@@ -346,7 +322,8 @@ class AgentIntake:
         return Verified(
             subject,
             msg_id,
-            env.data,
+            data,
+            msg.data,
             reply_to,
             msg.metadata.timestamp,
             msg.metadata.sequence.stream,
@@ -435,17 +412,11 @@ class AgentIntake:
 
     async def on_offline_log_batch(self, v: Verified) -> None:
         """Records of the device's offline log (epm_request.replay), signed once per batch."""
-        try:
-            batch = OfflineLogBatch.model_validate(v.data)
-        except ValidationError as exc:
-            raise Malformed("invalid_data", str(exc).splitlines()[0]) from None
 
         async def earlier_pending() -> bool:
             return await self._earlier_upload_unacked(v)
 
-        await self.replay.replay(
-            v.subject.tenant, v.subject.device, v.msg_id, batch, v.received_at, earlier_pending
-        )
+        await self.replay.replay(v.subject, v.msg_id, v.payload, v.received_at, earlier_pending)
 
     async def _earlier_upload_unacked(self, v: Verified) -> bool:
         """Whether EPM_AGENT holds an upload of this device before ``v`` that the consumer

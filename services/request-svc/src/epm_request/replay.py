@@ -19,25 +19,33 @@ How "exactly once" holds (docs/internal-contracts.md, "Offline log replay"):
   window is minutes), so one of the two is dropped.
 Alerts are raised before the records are appended, each once (expected sequence 0 on its
 own alert aggregate), so a crash in between raises nothing twice and loses nothing.
+
+Where: the upload is checked, decided and encoded by ``epm_request.upload_prep`` in a
+worker process (``EPM_REPLAY_WORKERS``; docs/decisions.md 26), the rest here, on the event
+loop. The expected sequence above makes it safe wherever the deciding ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
 
 import orjson
-from epm_events.agent import REPLAY_KIND, OfflineLogBatch, ReplayAck
-from epm_events.catalog import OfflineRecord, SecurityAlertRaised
+from epm_events.agent import REPLAY_KIND, ReplayAck
+from epm_events.catalog import SecurityAlertRaised
 from epm_events.envelope import service_source
-from epm_events.ids import derived_event_id, offline_record_event_id
+from epm_events.ids import derived_event_id
 from epm_events.streams import DEVICE, EVENTS
-from epm_events.subjects import aggregate_filter, device_subject, event_subject
+from epm_events.subjects import AgentSubject, aggregate_filter, device_subject
 from epm_service.projection import Projector
 from epm_service.publisher import (
     EXPECTED_STREAM,
@@ -49,8 +57,15 @@ from epm_service.publisher import (
 )
 from epm_service.runtime import ServiceContext
 
-from epm_request import store
-from epm_request.offline_replay import Alert, DeviceLog, decide, redeemed_refs
+from epm_request.offline_replay import Alert
+from epm_request.upload_prep import (
+    UploadJob,
+    UploadPrepared,
+    prepare_in_worker,
+    prepare_upload,
+    ready,
+    start_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +85,6 @@ class ReplayOutcome:
     alerts: list[Alert]
 
 
-class Prepared(NamedTuple):
-    """One attempt's verdict, reduced to what outlives the wait for the stream: the accepted
-    records as they are appended (subject, CloudEvent bytes, event id), the device
-    aggregate's last sequence they were decided against, and the counts. A storm holds a
-    thousand batches in that wait at once; pydantic records and their dicts there cost
-    memory and the collector's time (it walked them on every pass)."""
-
-    records: list[tuple[str, bytes, str]]
-    agg_seq: int
-    duplicates: int
-    refused: int
-    alerts: list[Alert]
-
-
 class OfflineReplay:
     def __init__(self, ctx: ServiceContext, projector: Projector) -> None:
         self.ctx = ctx
@@ -92,34 +93,62 @@ class OfflineReplay:
         self.source = service_source(ctx.name)
         self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
         self.bulk = BulkPublisher(ctx.bus.nc)
+        self.workers = ctx.settings.replay_workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the workers that prepare uploads (``EPM_REPLAY_WORKERS``) and have each
+        import what it needs now, not at the first upload of a storm."""
+        if self.workers > 0 and self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=start_worker,
+                initargs=(os.getpid(),),
+            )
+            for _ in range(self.workers):
+                self._pool.submit(ready)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def replay(
         self,
-        tenant: str,
-        device: str,
+        subject: AgentSubject,
         batch_id: str,
-        batch: OfflineLogBatch,
+        payload: bytes,
         received: datetime,
         earlier_pending: Callable[[], Awaitable[bool]] | None = None,
     ) -> ReplayOutcome:
-        """Decide, raise the alerts, append the new records, tell the device. Raises on a
-        transient failure (the caller retries the whole batch: everything here is idempotent).
+        """Check and decide the upload (``payload``, the CloudEvent the device signed), raise
+        the alerts, append the new records, tell the device. Raises Malformed or Refused
+        (epm_request.admission) for an upload that is not one, and on a transient failure
+        (the caller retries the whole batch: everything here is idempotent).
 
         ``earlier_pending``: asked before a gap is reported; True (an earlier upload of the
         device is still unacknowledged: a replica died holding it, or it was put back)
         raises EarlierUploadPending instead, so a gap is only a gap once nothing earlier
         can fill it."""
+        tenant, device = subject.tenant, subject.device
         mine = self._appended.get(device)
         if mine is not None:  # read our own writes: the device's previous batch
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
-        refs, code_hashes = redeemed_refs(device, batch)
-        if refs:
-            # The reuse checks read the store as committed: a code redeemed or issued a
-            # moment ago (another device's upload, acknowledged already) may still be on
-            # its way or gathering there. Rare in a storm, where records are elevations.
-            await self._catch_up()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            prepared = self._prepare(tenant, device, batch, refs, code_hashes, received)
+        job = UploadJob(subject, batch_id, payload, received.isoformat(), self.source, False)
+        attempt = 0
+        while True:
+            result = await self._prepare(job)
+            result.raise_problem(device)
+            if result.prepared is None:
+                # The reuse checks read the store as committed: a code redeemed or issued
+                # a moment ago (another device's upload, acknowledged already) may still
+                # be on its way or gathering there. Rare in a storm, where records are
+                # elevations.
+                await self._catch_up()
+                job = UploadJob(subject, batch_id, payload, job.received_at, self.source, True)
+                continue
+            prepared = result.prepared
             if (
                 earlier_pending is not None
                 and any(a.kind == "log_gap" for a in prepared.alerts)
@@ -135,21 +164,23 @@ class OfflineReplay:
                 await self._append(tenant, device, prepared.records, prepared.agg_seq)
                 break
             except ConcurrencyConflict:
+                attempt += 1
+                if attempt >= MAX_ATTEMPTS:
+                    raise RuntimeError(
+                        f"replay of {batch_id} from device {device} kept meeting concurrent appends"
+                    ) from None
                 log.info(
                     "replay met newer events of the device; catching up",
                     extra={"tenant": tenant, "device_id": device, "attempt": attempt},
                 )
                 await self._catch_up()
-        else:
-            raise RuntimeError(
-                f"replay of {batch_id} from device {device} kept meeting concurrent appends"
-            )
+                job = UploadJob(subject, batch_id, payload, job.received_at, self.source, True)
         ack = ReplayAck(
             tenant=tenant,
             device_id=device,
             batch_id=batch_id,
-            first_seq=batch.first_seq,
-            processed_through=batch.last_seq,
+            first_seq=result.first_seq,
+            processed_through=result.last_seq,
             accepted=len(prepared.records),
             duplicates=prepared.duplicates,
             refused=prepared.refused,
@@ -172,8 +203,8 @@ class OfflineReplay:
             extra={
                 "tenant": tenant,
                 "device_id": device,
-                "first_seq": batch.first_seq,
-                "last_seq": batch.last_seq,
+                "first_seq": result.first_seq,
+                "last_seq": result.last_seq,
                 "accepted": ack.accepted,
                 "duplicates": ack.duplicates,
                 "refused": ack.refused,
@@ -182,35 +213,22 @@ class OfflineReplay:
         )
         return ReplayOutcome(ack, prepared.alerts)
 
-    def _prepare(
-        self,
-        tenant: str,
-        device: str,
-        batch: OfflineLogBatch,
-        refs: list[str],
-        code_hashes: list[str],
-        received: datetime,
-    ) -> Prepared:
-        """Decide against what the store holds now, and encode what is accepted."""
-        # Indexed lookups bounded by the batch size (at most 200 records): on the loop
-        # (read_now). Through the reader threads, each read waits for the GIL behind a
-        # loop that a storm keeps busy (milliseconds a hop), and the batches queue there.
-        last, agg_seq, hashes = self.store.read_now(
-            lambda c: store.device_log_state(c, device, batch.first_seq, batch.last_seq)
-        )
-        redemptions = self.store.read_now(lambda c: store.code_redemptions(c, refs))
-        issued = self.store.read_now(lambda c: store.issued_to(c, code_hashes))
-        verdict = decide(device, batch, DeviceLog(last, hashes), redemptions, issued)
-        subject_of = {
-            name: event_subject(tenant, "device", device, name)
-            for name in {r.NAME for r in verdict.accepted}
-        }
-        received_at = received.isoformat()
-        records = []
-        for record, data in zip(verdict.accepted, verdict.uploaded, strict=True):
-            payload, event_id = self._encode(tenant, device, record, data, received_at)
-            records.append((subject_of[record.NAME], payload, event_id))
-        return Prepared(records, agg_seq, verdict.duplicates, verdict.refused, verdict.alerts)
+    async def _prepare(self, job: UploadJob) -> UploadPrepared:
+        """In a worker process if there is one (the event loop goes on meanwhile), else
+        here. Indexed lookups bounded by the batch size (at most 200 records) on read_now's
+        connection: through the reader threads, each read waited for the GIL behind a loop
+        that a storm keeps busy (milliseconds a hop), and the batches queued there."""
+        if self._pool is not None:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, prepare_in_worker, str(self.store.path), job
+                )
+            except BrokenProcessPool:
+                log.error("the replay worker died; starting another", exc_info=True)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+                self.start()
+        return self.store.read_now(lambda c: prepare_upload(job, c))
 
     async def _append(
         self, tenant: str, device: str, records: list[tuple[str, bytes, str]], agg_seq: int
@@ -233,37 +251,6 @@ class OfflineReplay:
             [(s, p, {MSG_ID: i}) for s, p, i in rest], PUBLISH_ACK_TIMEOUT
         )
         self._appended[device] = max([ack.seq, *(s.seq for s in stored)])
-
-    def _encode(
-        self,
-        tenant: str,
-        device: str,
-        record: OfflineRecord,
-        data: dict[str, Any],
-        received: str,
-    ) -> tuple[bytes, str]:
-        """The CloudEvent of a record: ``time`` is when the server received the upload (the
-        EPM_AGENT timestamp, ISO 8601, the same on every retry), ``data.device_time`` when it happened.
-        ``data`` is the record as the device signed it (validated by ``decide``) plus its
-        hash, serialised once with orjson: this runs once per record of a replay storm.
-
-        The payload is copied into a bytes object of its own size: orjson (3.12+) returns
-        its working buffer, about 8 KiB for a record's 0.7 KiB, and a storm holds every
-        record of every batch in flight until the stream acknowledges it (a full storm:
-        1.1 GB of request-svc's memory, most of it these buffers)."""
-        msg_id = offline_record_event_id(device, record.device_seq, record.NAME)
-        envelope = {
-            "specversion": "1.0",
-            "id": msg_id,
-            "source": self.source,
-            "type": record.type_name(),
-            "subject": device,
-            "time": received,
-            "datacontenttype": "application/json",
-            "tenant": tenant,
-            "data": data,
-        }
-        return bytes(memoryview(orjson.dumps(envelope))), msg_id
 
     async def _raise(self, tenant: str, device: str, batch_id: str, alert: Alert) -> None:
         event_id = derived_event_id(alert.key, "SecurityAlertRaised")
