@@ -39,7 +39,10 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture
 def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
-    return Settings(nats_url=nats_server.url, data_dir=tmp_path / "data")
+    # Uploads are prepared on the event loop unless a test asks for the worker process
+    # (test_replay_offline_log, and every service started as a process): spawning one for
+    # each of the suite's hundreds of in-process services costs a second of CPU each.
+    return Settings(nats_url=nats_server.url, data_dir=tmp_path / "data", replay_workers=0)
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ class Services:
 async def services(bus: Bus, settings: Settings) -> AsyncIterator[Services]:
     pub = EventPublisher(bus.js, "/epm/test")
     await pub.append("acme", [TenantCreated(tenant_id="acme", name="Acme", created_by="t")], 0)
-    svc = Services(settings)
+    svc = Services(settings.model_copy(update={"replay_workers": 1}))  # as deployed
     await svc.start()
     yield svc
     for running in list(svc.running):
@@ -631,9 +631,9 @@ async def test_a_killed_replay_worker_is_replaced_and_the_uploads_still_replayed
     write_elevations(agent, 30)
     async with agent:
         assert (await agent.sync(wait_seconds=20)).as_json()["confirmed"] == 30
-    pool = intake_of(services.running[0]).replay._pool
-    assert pool is not None
-    for pid in list(pool._processes):  # the worker processes
+    workers = intake_of(services.running[0]).replay._workers
+    assert workers is not None and workers.pids
+    for pid in workers.pids:
         os.kill(pid, signal.SIGKILL)
     write_elevations(agent, 30)
     async with agent:

@@ -151,7 +151,7 @@ class AgentIntake:
         # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
         await self.store.wait_caught_up()
         await self.answers.start(self.ctx.bus.nc, self.store)
-        self.replay.start()
+        await self.replay.start()
         # Deliveries come on a connection of their own. On the service's connection a
         # storm's uploads (a thousand of ~50 KB at once) queued ahead of the
         # acknowledgements of the first records appended: request-svc read and parsed
@@ -180,7 +180,7 @@ class AgentIntake:
         if self._sub is not None:
             await self._sub.unsubscribe()
         await self.answers.stop()
-        self.replay.stop()
+        await self.replay.stop()
         if self._deliveries is not None:
             await self._deliveries.close()
 

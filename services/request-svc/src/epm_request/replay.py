@@ -27,15 +27,10 @@ loop. The expected sequence above makes it safe wherever the deciding ran.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,6 +41,7 @@ from epm_events.envelope import service_source
 from epm_events.ids import derived_event_id
 from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import AgentSubject, aggregate_filter, device_subject
+from epm_service.processes import WorkerDied, WorkerProcesses
 from epm_service.projection import Projector
 from epm_service.publisher import (
     EXPECTED_STREAM,
@@ -55,7 +51,7 @@ from epm_service.publisher import (
     ConcurrencyConflict,
     append_encoded,
 )
-from epm_service.runtime import ServiceContext
+from epm_service.runtime import ServiceContext, tune_gc
 
 from epm_request.offline_replay import Alert
 from epm_request.upload_prep import (
@@ -63,8 +59,6 @@ from epm_request.upload_prep import (
     UploadPrepared,
     prepare_in_worker,
     prepare_upload,
-    ready,
-    start_worker,
 )
 
 log = logging.getLogger(__name__)
@@ -94,25 +88,22 @@ class OfflineReplay:
         self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
         self.bulk = BulkPublisher(ctx.bus.nc)
         self.workers = ctx.settings.replay_workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: WorkerProcesses | None = None
 
-    def start(self) -> None:
-        """Start the workers that prepare uploads (``EPM_REPLAY_WORKERS``) and have each
-        import what it needs now, not at the first upload of a storm."""
-        if self.workers > 0 and self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=start_worker,
-                initargs=(os.getpid(),),
-            )
-            for _ in range(self.workers):
-                self._pool.submit(ready)
+    async def start(self) -> None:
+        """Start the workers that prepare uploads (``EPM_REPLAY_WORKERS``): spawned now, so
+        each has imported what it needs before the first upload of a storm. Their collector
+        is tuned as every service's (``tune_gc``): left at Python's defaults, a worker
+        preparing a storm's records ran a full collection of every imported module's
+        objects about every 500 records."""
+        if self.workers > 0 and self._workers is None:
+            self._workers = WorkerProcesses(self.workers, "replay-worker", tune_gc)
+            await self._workers.start()
 
-    def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    async def stop(self) -> None:
+        if self._workers is not None:
+            await self._workers.stop()
+            self._workers = None
 
     async def replay(
         self,
@@ -218,16 +209,11 @@ class OfflineReplay:
         here. Indexed lookups bounded by the batch size (at most 200 records) on read_now's
         connection: through the reader threads, each read waited for the GIL behind a loop
         that a storm keeps busy (milliseconds a hop), and the batches queued there."""
-        if self._pool is not None:
+        if self._workers is not None:
             try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._pool, prepare_in_worker, str(self.store.path), job
-                )
-            except BrokenProcessPool:
-                log.error("the replay worker died; starting another", exc_info=True)
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-                self.start()
+                return await self._workers.run(prepare_in_worker, str(self.store.path), job)
+            except WorkerDied:
+                log.warning("the replay worker ended mid-batch; preparing it here instead")
         return self.store.read_now(lambda c: prepare_upload(job, c))
 
     async def _append(

@@ -16,7 +16,6 @@ against a store that was behind (docs/internal-contracts.md, "Offline log replay
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -26,8 +25,6 @@ from epm_events.agent import OfflineLogBatch
 from epm_events.catalog import OfflineRecord
 from epm_events.ids import offline_record_event_id
 from epm_events.subjects import AgentSubject, event_subject
-from epm_service.natsserver import end_with_parent
-from epm_service.runtime import tune_gc
 from pydantic import ValidationError
 
 from epm_request import store
@@ -154,17 +151,3 @@ def prepare_in_worker(store_path: str, job: UploadJob) -> UploadPrepared:
         conn = _connections[store_path] = sqlite3.connect(store_path)
         conn.execute("PRAGMA busy_timeout=5000")
     return prepare_upload(job, conn)
-
-
-def start_worker(parent: int) -> None:
-    """Each worker's start. It ends with request-svc, however request-svc ends (a SIGKILL
-    left it running). The collector is tuned as in every service (``tune_gc``): left at
-    Python's defaults, a worker preparing a storm's records ran a full collection of every
-    imported module's objects about every 500 records."""
-    end_with_parent(parent, signal.SIGTERM)
-    tune_gc()
-
-
-def ready() -> None:
-    """A no-op job: submitted once per worker at start, so each is spawned and has imported
-    what it needs before the first upload of a storm."""

@@ -1,0 +1,178 @@
+"""Worker processes for CPU-bound work an event loop hands off (request-svc's preparation of
+offline log uploads), fed straight from the loop.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: it moves jobs and results through two
+threads of the calling process (a feeder that pickles and writes, a manager that reads and
+unpickles). Both need the GIL, which a busy event loop hands over every switch interval
+(5 ms) at best: in a replay storm the worker sat idle, waiting for those threads, while
+jobs queued. Here the loop writes each job to the worker's socket itself and reads the
+results as they come (asyncio streams), with no thread in between.
+
+A job is ``fn(*args)`` with a module-level ``fn`` and picklable arguments; results come
+back in order per worker (each worker runs one job at a time). A worker that dies fails
+the jobs it held with ``WorkerDied`` and is replaced. Workers end with their parent, even
+when it is SIGKILLed (``end_with_parent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from epm_service.natsserver import end_with_parent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SIZE = struct.Struct("!i")  # multiprocessing.connection's framing of a message up to 2 GiB
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running the job ended before it answered."""
+
+
+def _serve(conn: Connection, parent: int, initializer: Callable[[], None] | None) -> None:
+    """A worker's life: run each job it is sent, answer (ok, result) or (error, exc)."""
+    end_with_parent(parent, signal.SIGTERM)
+    if initializer is not None:
+        initializer()
+    while True:
+        try:
+            fn, args = pickle.loads(conn.recv_bytes())
+        except EOFError:  # the parent closed its end: done
+            return
+        try:
+            answer = pickle.dumps((True, fn(*args)), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            try:
+                answer = pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                answer = pickle.dumps((False, RuntimeError(repr(exc))), pickle.HIGHEST_PROTOCOL)
+        conn.send_bytes(answer)
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: Any = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.reading: asyncio.Task[None] | None = None
+
+
+class WorkerProcesses:
+    def __init__(
+        self, count: int, name: str, initializer: Callable[[], None] | None = None
+    ) -> None:
+        self.name = name
+        self.initializer = initializer
+        self._workers = [_Worker(i) for i in range(count)]
+        self._stopped = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process is not None]
+
+    async def start(self) -> None:
+        """Spawn every worker (each imports what its jobs need meanwhile)."""
+        for worker in self._workers:
+            await self._spawn(worker)
+
+    async def _spawn(self, worker: _Worker) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        mine, theirs = ctx.Pipe(duplex=True)  # a socket pair
+        worker.process = ctx.Process(
+            target=_serve,
+            args=(theirs, os.getpid(), self.initializer),
+            name=f"{self.name}-{worker.index}",
+            daemon=True,
+        )
+        worker.process.start()
+        theirs.close()
+        sock = socket.socket(fileno=os.dup(mine.fileno()))
+        mine.close()
+        reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
+        worker.reading = asyncio.create_task(
+            self._read(worker, reader), name=f"{self.name}-{worker.index}-answers"
+        )
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the worker with the fewest jobs waiting."""
+        worker = min(self._workers, key=lambda w: len(w.pending))
+        if worker.writer is None or self._stopped:
+            raise WorkerDied(f"{self.name} is not running")
+        job = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        worker.pending.append(future)
+        try:
+            worker.writer.write(_SIZE.pack(len(job)) + job)
+            await worker.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the worker is gone: its reader sees the end and fails the job
+        return await future
+
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                (size,) = _SIZE.unpack(await reader.readexactly(_SIZE.size))
+                ok, value = pickle.loads(await reader.readexactly(size))
+                future = worker.pending.popleft()
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self._died(worker)
+
+    def _died(self, worker: _Worker) -> None:
+        while worker.pending:
+            future = worker.pending.popleft()
+            if not future.done():
+                future.set_exception(WorkerDied(f"{self.name}-{worker.index} ended"))
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
+        if self._stopped:
+            return
+        code = worker.process.exitcode if worker.process is not None else None
+        log.error(
+            "a worker process ended; starting another",
+            extra={"worker": f"{self.name}-{worker.index}", "exit_code": code},
+        )
+        if worker.process is not None:
+            worker.process.join(timeout=1)
+        asyncio.get_running_loop().create_task(self._spawn(worker))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close every worker's socket (it exits when it reads the end), kill stragglers."""
+        self._stopped = True
+        for worker in self._workers:
+            if worker.writer is not None:
+                worker.writer.close()
+                worker.writer = None
+        for worker in self._workers:
+            if worker.reading is not None:
+                worker.reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.reading
+            if worker.process is None:
+                continue
+            await asyncio.to_thread(worker.process.join, timeout)
+            if worker.process.is_alive():
+                worker.process.kill()
+                await asyncio.to_thread(worker.process.join, timeout)
