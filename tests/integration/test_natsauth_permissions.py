@@ -14,7 +14,7 @@ import nats
 import nats.errors
 import pytest
 from epm_events.streams import DEVICE, EVENTS
-from epm_events.subjects import UNDECIDED_NOTICE, device_inbox_prefix
+from epm_events.subjects import DECIDING_NOTICE, UNDECIDED_NOTICE, device_inbox_prefix
 from epm_service.bus import Bus
 from epm_service.natsauth import (
     AuthKeys,
@@ -283,24 +283,25 @@ async def _quiet(exc: Exception) -> None:
     """The refusal is the answer under test, not an error to print."""
 
 
-async def test_only_approval_svc_tells_request_svc_that_nothing_decides_a_request(
-    auth_bus: Bus, nats_auth_server: AuthNats, connect_as: Connect
+@pytest.mark.parametrize("notice", [UNDECIDED_NOTICE, DECIDING_NOTICE])
+async def test_only_approval_svc_gives_request_svc_its_notices(
+    auth_bus: Bus, nats_auth_server: AuthNats, connect_as: Connect, notice: str
 ) -> None:
     listener, _ = await connect_as(
         nats_auth_server.service_creds("request-svc"), service_inbox_prefix("request-svc")
     )
-    heard = await listener.subscribe(UNDECIDED_NOTICE)
+    heard = await listener.subscribe(notice)
     await listener.flush()
     approval, _ = await connect_as(
         nats_auth_server.service_creds("approval-svc"), service_inbox_prefix("approval-svc")
     )
-    await approval.publish(UNDECIDED_NOTICE, b'{"request_id": "req-1"}')
+    await approval.publish(notice, b'{"request_id": "req-1"}')
     assert (await heard.next_msg(timeout=5)).data == b'{"request_id": "req-1"}'
     audit, conn = await connect_as(
         nats_auth_server.service_creds("audit-svc"), service_inbox_prefix("audit-svc")
     )
-    await audit.publish(UNDECIDED_NOTICE, b'{"request_id": "req-2"}')
-    await conn.violation(UNDECIDED_NOTICE)
+    await audit.publish(notice, b'{"request_id": "req-2"}')
+    await conn.violation(notice)
     dev, dev_conn = await device(nats_auth_server, connect_as, "acme", "dev-1")
-    await dev.publish(UNDECIDED_NOTICE, b'{"request_id": "req-3"}')
-    await dev_conn.violation(UNDECIDED_NOTICE)
+    await dev.publish(notice, b'{"request_id": "req-3"}')
+    await dev_conn.violation(notice)

@@ -4,6 +4,7 @@ asked between the two services (epm_request.answers, epm_approval.decisions)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,3 +170,23 @@ async def _both_know_a_rule(replicas: list[RunningService]) -> bool:
         if not rows:
             return False
     return True
+
+
+async def test_with_approval_svc_gone_the_agent_is_told_open_at_once(
+    bus: Bus, settings: Settings, tenants: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """request-svc heard approval-svc say it reacts, then nothing for three times as long:
+    it answers from its store at once instead of waiting (here ten minutes) for a verdict
+    nobody is there to give."""
+    monkeypatch.setattr(answers, "DECISION_WAIT_SECONDS", NEVER)
+    request_svc = await start_service(REQUEST, settings)
+    approval_svc = await start_service(APPROVAL, settings)
+    try:
+        dev = await enroll(bus, "acme")
+        await allow(bus, SHA)
+        assert (await ask_online(bus, dev))["status"] == "approved"
+        await approval_svc.stop()
+        await asyncio.sleep(answers.SILENT_AFTER_SECONDS + 0.5)
+        assert (await ask_online(bus, dev))["status"] == "open"
+    finally:
+        await request_svc.stop()

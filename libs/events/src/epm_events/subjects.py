@@ -25,6 +25,13 @@ UNDECIDED_NOTICE = f"{NOTICE_PREFIX}.undecided"
 request; it waits for a technician (request-svc answers the agent ``open`` at once). A
 hint, never the truth: lost, the agent gets ``open`` a little later all the same."""
 
+DECIDING_NOTICE = f"{NOTICE_PREFIX}.deciding"
+"""approval-svc -> every request-svc replica, every ``DECIDING_EVERY_SECONDS``: a replica
+reacts to new requests. request-svc that heard it before and then nothing for three times
+as long answers an agent from its store at once (``open``) instead of waiting for a verdict
+nobody is there to give."""
+DECIDING_EVERY_SECONDS = 1.0
+
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
 ALL_AGENT = f"{AGENT_PREFIX}.>"
 ALL_DEVICE = f"{DEVICE_PREFIX}.>"

@@ -38,6 +38,7 @@ from epm_events.ids import validate_device, validate_tenant
 from epm_events.streams import AGENT, ALL_STREAMS, DEVICE, EVENTS
 from epm_events.subjects import (
     ALL_DEVICE,
+    DECIDING_NOTICE,
     DEVICE_RPC_PREFIX,
     UNDECIDED_NOTICE,
     device_filter,
@@ -238,7 +239,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         calls=("approval-svc",),
         # decisions and replay acks to devices; online answers on a device's Epm-Reply-To
         publishes=(ALL_DEVICE, "_INBOX.*.*.>"),
-        subscribes=(UNDECIDED_NOTICE,),
+        subscribes=(UNDECIDED_NOTICE, DECIDING_NOTICE),
     ),
     "approval-svc": ServiceGrant(
         aggregates=(
@@ -250,7 +251,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             "ruleproposal",
             "grant",
         ),
-        publishes=(ALL_DEVICE, UNDECIDED_NOTICE),
+        publishes=(ALL_DEVICE, UNDECIDED_NOTICE, DECIDING_NOTICE),
         subscribes=(f"{DEVICE_RPC_PREFIX}.*.*.*",),
     ),
     "audit-svc": ServiceGrant(aggregates=("audit", "auditkey")),

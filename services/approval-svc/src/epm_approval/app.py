@@ -57,7 +57,7 @@ from epm_service.runtime import ServiceContext, ServiceDefinition, main
 from epm_service.tenants import TenantDirectory
 
 from epm_approval.context import Approval
-from epm_approval.decisions import Decisions
+from epm_approval.decisions import Deciding, Decisions
 from epm_approval.device_commands import DeviceCommandServer
 from epm_approval.offline_commands import Offline, OfflineCommands
 from epm_approval.offline_view import OfflineView
@@ -112,6 +112,7 @@ async def on_start(ctx: ServiceContext) -> None:
     await approval.rules.sync()
     for event_type, react in reactions(ctx).items():
         approval.view.react([event_type.NAME], react)
+    await ctx.start_worker(Deciding(ctx.bus.nc))  # request-svc knows a replica reacts
     await ctx.start_worker(OwedRules(approval))
     offline_view = ctx.projector(OfflineView.name)
     await offline_view.wait_caught_up()

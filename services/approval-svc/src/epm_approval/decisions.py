@@ -9,10 +9,13 @@ decisions (and an expiry) exactly one is stored; the others get 409.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import nats.errors
 from epm_domain.request import Request, RequestError
 from epm_domain.request import decide as decide_request
 from epm_events.catalog import (
@@ -28,11 +31,18 @@ from epm_events.catalog import (
 from epm_events.codec import DecodeError, decode, event_of
 from epm_events.ids import GLOBAL_TENANT, derived_event_id, new_id, validate_token
 from epm_events.notices import Undecided
-from epm_events.subjects import UNDECIDED_NOTICE, aggregate_filter
+from epm_events.subjects import (
+    DECIDING_EVERY_SECONDS,
+    DECIDING_NOTICE,
+    UNDECIDED_NOTICE,
+    aggregate_filter,
+)
 from epm_service.errors import Conflict, Invalid, NotFound
 from epm_service.principal import Principal
 from epm_service.projection import StoredMsg
 from epm_service.publisher import Appended, ConcurrencyConflict
+from epm_service.worker import TaskWorker
+from nats.aio.client import Client
 
 from epm_approval import access
 from epm_approval.arguments import choice, model, text
@@ -320,3 +330,20 @@ def rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, Rul
 def default_rule_name(request: Request) -> str:
     what = request.app.app_name or request.app.file_name
     return f"{what} (from request {request.id})"[:200]
+
+
+class Deciding(TaskWorker):
+    """Says on ``DECIDING_NOTICE``, every ``DECIDING_EVERY_SECONDS``, that this replica
+    reacts to new requests: started once the reactions are, so request-svc knows when no
+    replica does (epm_request.answers)."""
+
+    task_name = "deciding-notice"
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(DECIDING_NOTICE, b"")
+            await asyncio.sleep(DECIDING_EVERY_SECONDS)

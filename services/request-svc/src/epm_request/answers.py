@@ -12,13 +12,16 @@ reply, on a machine where each one wakes a process (bench/README.md, "Online req
 Nothing here is the truth: a waiter that hears nothing for ``DECISION_WAIT_SECONDS``
 (approval-svc down or far behind) answers from the store, ``open`` for a request nobody
 decided yet; a later decision still reaches the device on EPM_DEVICE, as every decision
-does.
+does. It does not wait at all once approval-svc, heard before on ``DECIDING_NOTICE`` (every
+replica says it reacts, every second), has been silent three times as long: no replica
+is there to decide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from epm_domain.request import answer_of_event
@@ -26,7 +29,12 @@ from epm_events.agent import RequestAnswer
 from epm_events.catalog import Approved, Denied, RequestExpired
 from epm_events.codec import DecodeError, decode, event_of
 from epm_events.notices import Undecided
-from epm_events.subjects import UNDECIDED_NOTICE, parse_event_subject
+from epm_events.subjects import (
+    DECIDING_EVERY_SECONDS,
+    DECIDING_NOTICE,
+    UNDECIDED_NOTICE,
+    parse_event_subject,
+)
 from epm_service.projection import Projector, StoredMsg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -42,22 +50,41 @@ ANSWER_TIMEOUT, and then reports ``open``)."""
 ENDINGS = (Approved.NAME, Denied.NAME, RequestExpired.NAME)
 
 
+SILENT_AFTER_SECONDS = 3 * DECIDING_EVERY_SECONDS
+"""approval-svc is taken to be gone when no replica said it reacts for this long."""
+
+
 class PendingAnswers:
     """Requests whose agent waits for an answer, each with the future that gets it."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[RequestAnswer]] = {}
-        self._sub: Any = None
+        self._subs: list[Any] = []
+        self._deciding_heard: float | None = None  # monotonic; None: not since start
 
     async def start(self, nc: Client, store: Projector) -> None:
         store.observe(ENDINGS, self.on_request_ended)
-        # Not a queue group: the replica whose agent waits is the one that must hear it.
-        self._sub = await nc.subscribe(UNDECIDED_NOTICE, cb=self.on_undecided)
+        # Not queue groups: the replica whose agent waits is the one that must hear them.
+        self._subs = [
+            await nc.subscribe(UNDECIDED_NOTICE, cb=self.on_undecided),
+            await nc.subscribe(DECIDING_NOTICE, cb=self.on_deciding),
+        ]
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs = []
+
+    @property
+    def nobody_decides(self) -> bool:
+        """approval-svc was heard since start and has been silent since: no replica reacts
+        to new requests (stopped, crashed, or cut off from NATS). Never heard: unknown,
+        so wait as ever."""
+        heard = self._deciding_heard
+        return heard is not None and time.monotonic() - heard > SILENT_AFTER_SECONDS
+
+    async def on_deciding(self, msg: Msg) -> None:
+        self._deciding_heard = time.monotonic()
 
     def expect(self, request_id: str) -> asyncio.Future[RequestAnswer]:
         """Before RequestCreated is appended: its decision may be received before the
@@ -68,7 +95,10 @@ class PendingAnswers:
         return waiting
 
     async def wait(self, waiting: asyncio.Future[RequestAnswer]) -> RequestAnswer | None:
-        """The verdict, or None if none came within ``DECISION_WAIT_SECONDS``."""
+        """The verdict, or None if none came within ``DECISION_WAIT_SECONDS``, or at once
+        (None) when nobody decides (``nobody_decides``)."""
+        if self.nobody_decides and not waiting.done():
+            return None
         try:
             async with asyncio.timeout(DECISION_WAIT_SECONDS):
                 return await waiting
