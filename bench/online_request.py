@@ -33,6 +33,7 @@ from epm_service.bus import Bus
 from epm_service.errors import CommandError
 from epm_service.natsfast import core_callback, write_now
 from epm_service.principal import SYSTEM
+from epm_service.processes import descendants
 from epm_service.publisher import ConcurrencyConflict, EventPublisher, hpub
 from epm_service.rpc import call
 
@@ -131,7 +132,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of a child process and of the processes it started
     (request-svc's replay worker), as they run (Linux /proc; 0 elsewhere)."""
     total = 0
-    for p in (pid, *_children(pid)):
+    for p in (pid, *descendants(pid)):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -139,23 +140,6 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found += [kid, *_children(kid)]
-    return found
 
 
 async def until_answers(bus: Bus, service: str, command: str, deadline: float = 60) -> None:

@@ -38,11 +38,12 @@ from epm_events.ids import offline_record_event_id
 from epm_events.streams import AGENT, EVENTS
 from epm_service.bus import Bus
 from epm_service.errors import CommandError
+from epm_service.processes import descendants
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import call
 from epm_service.settings import Settings
 
-from tests.e2e.devstack import clean_env
+from tests.e2e.devstack import clean_env, process_alive
 from tests.integration.test_replay_offline_log import (
     ADMIN,
     alerts,
@@ -103,25 +104,9 @@ def children(tmp_path: Path) -> Iterator[Children]:
     kids.cleanup()
 
 
-def child_pids(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(k) for k in (task / "children").read_text().split()]
-    return found
-
-
-def running(pid: int) -> bool:
-    """Not gone, and not a zombie nobody waits for."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 async def all_ended(pids: list[int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while alive := [pid for pid in pids if running(pid)]:
+    while alive := [pid for pid in pids if process_alive(pid)]:
         assert time.monotonic() < deadline, f"{alive} outlived their SIGKILLed parent"
         await asyncio.sleep(0.05)
 
@@ -137,7 +122,7 @@ async def kill9_when(
             proc.send_signal(signal.SIGSTOP)
             await asyncio.sleep(SETTLE)
             if await check():
-                kids = child_pids(proc.pid)
+                kids = descendants(proc.pid)
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(10) == -signal.SIGKILL
                 await all_ended(kids)  # request-svc's replay worker ends with it

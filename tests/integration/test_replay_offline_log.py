@@ -68,16 +68,25 @@ class Services:
         self.running.remove(running)
         await running.stop()
 
+    async def stop_all(self) -> None:
+        for running in list(self.running):
+            await self.stop(running)
+
+
+async def acme_with_request_svc(bus: Bus, settings: Settings, replay_workers: int) -> Services:
+    """Tenant acme, and one request-svc preparing uploads in ``replay_workers`` processes."""
+    pub = EventPublisher(bus.js, "/epm/test")
+    await pub.append("acme", [TenantCreated(tenant_id="acme", name="Acme", created_by="t")], 0)
+    svc = Services(settings.model_copy(update={"replay_workers": replay_workers}))
+    await svc.start()
+    return svc
+
 
 @pytest.fixture
 async def services(bus: Bus, settings: Settings) -> AsyncIterator[Services]:
-    pub = EventPublisher(bus.js, "/epm/test")
-    await pub.append("acme", [TenantCreated(tenant_id="acme", name="Acme", created_by="t")], 0)
-    svc = Services(settings.model_copy(update={"replay_workers": 1}))  # as deployed
-    await svc.start()
+    svc = await acme_with_request_svc(bus, settings, replay_workers=1)  # as deployed
     yield svc
-    for running in list(svc.running):
-        await svc.stop(running)
+    await svc.stop_all()
 
 
 async def enrolled_agent(bus: Bus, settings: Settings, root: Path, name: str) -> Agent:
@@ -608,12 +617,9 @@ async def test_uploads_prepared_on_the_event_loop_without_a_worker_are_accepted_
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
     """EPM_REPLAY_WORKERS=0: the same preparation, on request-svc's event loop."""
-    inline = Services(settings.model_copy(update={"replay_workers": 0}))
-    pub = EventPublisher(bus.js, "/epm/test")
-    await pub.append("acme", [TenantCreated(tenant_id="acme", name="Acme", created_by="t")], 0)
-    running = await inline.start()
+    inline = await acme_with_request_svc(bus, settings, replay_workers=0)
     try:
-        assert intake_of(running).replay.workers == 0
+        assert intake_of(inline.running[0]).replay.workers == 0
         agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
         write_elevations(agent, 120)
         async with agent:
@@ -621,7 +627,7 @@ async def test_uploads_prepared_on_the_event_loop_without_a_worker_are_accepted_
         assert result.as_json() == {"sent": 120, "confirmed": 120, "pending": 0}
         await exactly_once(bus, device_of(agent), range(1, 121))
     finally:
-        await inline.stop(running)
+        await inline.stop_all()
 
 
 async def test_a_killed_replay_worker_is_replaced_and_the_uploads_still_replayed(

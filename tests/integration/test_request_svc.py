@@ -193,6 +193,17 @@ async def test_same_message_sent_twice_creates_one_request(
     assert len(await eventually(created)) == 1
 
 
+async def revoke(bus: Bus, dev: Device) -> None:
+    """An admin revokes the device (the command returns once request-svc's store has it)."""
+    await call(
+        bus.nc,
+        "request-svc",
+        "revoke_device",
+        {"tenant": dev.tenant, "device_id": dev.device_id},
+        ADMIN,
+    )
+
+
 @pytest.mark.parametrize("case", ["wrong_key", "unsigned", "other_tenant", "revoked"])
 async def test_refused_messages_raise_a_security_alert_and_create_nothing(
     bus: Bus, request_svc: RunningService, case: str
@@ -206,13 +217,7 @@ async def test_refused_messages_raise_a_security_alert_and_create_nothing(
         subject, body, headers = dev.message()
         subject = agent_subject("globex", dev.device_id, "ElevationRequested")
     else:
-        await call(
-            bus.nc,
-            "request-svc",
-            "revoke_device",
-            {"tenant": "acme", "device_id": dev.device_id},
-            ADMIN,
-        )
+        await revoke(bus, dev)
         subject, body, headers = dev.message()
     await bus.js.publish(subject, body, headers=headers)
     # a good message right behind it is still handled
@@ -245,13 +250,7 @@ async def test_a_device_revoked_after_it_was_heard_is_refused_from_then_on(
     subject, body, headers = dev.message(reply=reply)
     await bus.js.publish(subject, body, headers=headers)
     assert orjson.loads((await sub.next_msg(timeout=10)).data)["status"] == "open"
-    await call(
-        bus.nc,
-        "request-svc",
-        "revoke_device",
-        {"tenant": "acme", "device_id": dev.device_id},
-        ADMIN,
-    )
+    await revoke(bus, dev)
     subject, body, headers = dev.message()
     await bus.js.publish(subject, body, headers=headers)
 

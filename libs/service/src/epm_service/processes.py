@@ -39,6 +39,25 @@ T = TypeVar("T")
 _SIZE = struct.Struct("!i")  # multiprocessing.connection's framing of a message up to 2 GiB
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs, as they run now (Linux /proc; none
+    elsewhere): a service's workers, for whoever counts their CPU or checks they ended."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
 class WorkerDied(RuntimeError):
     """The worker process running the job ended before it answered."""
 

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
@@ -137,7 +137,7 @@ class OfflineReplay:
                 # be on its way or gathering there. Rare in a storm, where records are
                 # elevations.
                 await self._catch_up()
-                job = UploadJob(subject, batch_id, payload, job.received_at, self.source, True)
+                job = replace(job, codes_checked=True)
                 continue
             prepared = result.prepared
             if (
@@ -165,7 +165,7 @@ class OfflineReplay:
                     extra={"tenant": tenant, "device_id": device, "attempt": attempt},
                 )
                 await self._catch_up()
-                job = UploadJob(subject, batch_id, payload, job.received_at, self.source, True)
+                job = replace(job, codes_checked=True)
         ack = ReplayAck(
             tenant=tenant,
             device_id=device,
