@@ -126,6 +126,14 @@ def test_only_rules_grants_and_once_approvals_change_an_automatic_decision() -> 
     )
     assert not affects_auto_decision(stored(by_rule))
     assert affects_auto_decision(stored(once))
+    quoting = Approved(
+        request_id="req-1",
+        scope="once",
+        by=Actor(kind="technician", id="t"),
+        grant_id="req-1",
+        reason='"grant_id":null',  # escaped in the JSON: not taken for the field
+    )
+    assert affects_auto_decision(stored(quoting))
     assert affects_auto_decision(stored(RuleDisabled(rule_id="r", disabled_by="ann")))
     assert not affects_auto_decision(
         stored(

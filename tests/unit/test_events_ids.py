@@ -12,6 +12,7 @@ from epm_events.ids import (
     derived_event_id,
     new_event_id,
     offline_record_event_id,
+    request_id_for,
     validate_device,
     validate_tenant,
     validate_token,
@@ -80,6 +81,15 @@ def test_derived_event_id_is_the_rfc_4122_uuid5(source: str, name: str) -> None:
     """The hand-rolled uuid5 (no UUID object on the hot path) is exactly uuid.uuid5: ids
     derived before it keep matching, so replays and redeliveries stay deduplicated."""
     assert derived_event_id(source, name) == str(uuid.uuid5(EPM_NAMESPACE, f"{source}\x1f{name}"))
+
+
+@settings(max_examples=300)
+@given(msg_id=st.text())
+def test_request_ids_are_still_derived_from_the_uuid5_of_the_message_id(msg_id: str) -> None:
+    """An agent's request id is what it was when uuid.uuid5 made it: a request re-sent
+    across an upgrade names the same request."""
+    expected = "req-" + uuid.uuid5(EPM_NAMESPACE, f"request\x1f{msg_id}").hex[:24]
+    assert request_id_for(msg_id) == expected
 
 
 def test_new_event_ids_are_unique() -> None:

@@ -99,7 +99,7 @@ def new_id(prefix: str) -> str:
 def request_id_for(msg_id: str) -> str:
     """The request id of an agent's ElevationRequested message, derived from its message id,
     so a redelivered or re-sent message names the same request (agent and server agree)."""
-    return "req-" + uuid.uuid5(EPM_NAMESPACE, f"request\x1f{msg_id}").hex[:24]
+    return "req-" + _uuid5(f"request\x1f{msg_id}").replace("-", "")[:24]
 
 
 def offline_batch_id(device: str, first_seq: int, last_seq: int) -> str:

@@ -154,9 +154,14 @@ class Projection:
     def handlers(self) -> Mapping[type[Event], Handler]:
         return {}
 
+    received: Received | None = None
+    """What the Projector's observers and reactions decoded as it came, for the writer to take
+    (``Received.take``) instead of decoding it again; set by the Projector."""
+
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         table = {cls.NAME: fn for cls, fn in self.handlers().items()}
         rejected: list[Rejected] = []
+        received = self.received
         for m in msgs:
             name = m.subject.rsplit(".", 1)[-1]
             handler = table.get(name)
@@ -166,11 +171,10 @@ class Projection:
                     rejected.append(Rejected(m, "unknown_type", f"unknown event name {name!r}"))
                 continue
             try:
-                env = decode(m.data)
+                # validate before recording the id: a rejected event must not use it up
+                env, event = received.take(m) if received is not None else decoded(m)
                 if m.msg_id is not None and env.id != m.msg_id:
                     raise DecodeError("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
-                # validate before recording the id: a rejected event must not use it up
-                event = event_of(env)
                 if not mark_processed(conn, env.id, m.seq):
                     EVENTS_SKIPPED.labels(self.name).inc()
                     continue
@@ -179,6 +183,41 @@ class Projection:
                 continue
             handler(conn, event, Applied(env, m.seq, m.received_at))
         return rejected
+
+
+def decoded(m: StoredMsg) -> tuple[Envelope, Event]:
+    """The message's envelope and event, or DecodeError."""
+    env = decode(m.data)
+    return env, event_of(env)
+
+
+class Received:
+    """Envelopes and events decoded on the event loop as they were received (an observer or a
+    reaction needed them), by stream sequence, until the writer takes them: a decision at
+    once and request-svc's answer each decoded an event the writer then decoded again.
+    Loop and writer thread share it; each dict operation is atomic."""
+
+    LIMIT = 10_000
+    """More than a consumer buffers between two writes; past it (a writer stopped with
+    decoded events unwritten) it starts over."""
+
+    def __init__(self) -> None:
+        self._by_seq: dict[int, tuple[Envelope, Event]] = {}
+
+    def get(self, m: StoredMsg) -> tuple[Envelope, Event]:
+        """Decoded once, kept for the writer; DecodeError as ``decoded``."""
+        hit = self._by_seq.get(m.seq)
+        if hit is None:
+            hit = decoded(m)
+            if len(self._by_seq) >= self.LIMIT:
+                self._by_seq.clear()
+            self._by_seq[m.seq] = hit
+        return hit
+
+    def take(self, m: StoredMsg) -> tuple[Envelope, Event]:
+        """What ``get`` decoded for this message (and forget it), else decoded now."""
+        hit = self._by_seq.pop(m.seq, None)
+        return decoded(m) if hit is None else hit
 
 
 def mark_processed(conn: sqlite3.Connection, event_id: str, seq: int) -> bool:
@@ -222,6 +261,7 @@ class Projector:
     ) -> None:
         self.js = js
         self.projection = projection
+        self.received = projection.received = Received()
         self.path = path
         self.service = service
         self.filter_subject = filter_subject
@@ -460,6 +500,15 @@ class Projector:
         return fn(self._loop_conn)
 
     # --- what is received, as it comes ---------------------------------------
+
+    def decoded(self, m: StoredMsg) -> tuple[Envelope, Event]:
+        """A received message's envelope and event (DecodeError if it has none), for an
+        observer or a reaction: decoded once, the writer takes it from here. What is being
+        written or is written already is decoded on its own."""
+        writing = self._writing
+        if m.seq <= self.position or (writing and m.seq <= writing[-1].seq):
+            return decoded(m)
+        return self.received.get(m)
 
     def observe(self, names: Iterable[str], fn: Callable[[StoredMsg], None]) -> None:
         """Call ``fn`` for every event of these names the consumer delivers from now on, in

@@ -28,7 +28,7 @@ from epm_events.catalog import (
     RuleProposed,
     Scope,
 )
-from epm_events.codec import DecodeError, decode, event_of
+from epm_events.codec import DecodeError
 from epm_events.ids import GLOBAL_TENANT, derived_event_id, new_id, validate_token
 from epm_events.notices import Undecided
 from epm_events.subjects import (
@@ -71,8 +71,7 @@ class Decisions:
         it at once, else request-svc is told it waits for a technician (epm_request.answers
         answers the agent with either)."""
         try:
-            env = decode(m.data)
-            created = event_of(env)
+            env, created = self.a.view.decoded(m)
         except DecodeError:
             return  # the view dead-letters it
         if not isinstance(created, RequestCreated):

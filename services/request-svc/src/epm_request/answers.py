@@ -27,7 +27,7 @@ from typing import Any
 from epm_domain.request import answer_of_event
 from epm_events.agent import RequestAnswer
 from epm_events.catalog import Approved, Denied, RequestExpired
-from epm_events.codec import DecodeError, decode, event_of
+from epm_events.codec import DecodeError
 from epm_events.notices import Undecided
 from epm_events.subjects import (
     DECIDING_EVERY_SECONDS,
@@ -54,15 +54,23 @@ SILENT_AFTER_SECONDS = 3 * DECIDING_EVERY_SECONDS
 """approval-svc is taken to be gone when no replica said it reacts for this long."""
 
 
+def _give_up(waiting: asyncio.Future[RequestAnswer | None]) -> None:
+    """No verdict in time: the waiter answers from the store (None)."""
+    if not waiting.done():
+        waiting.set_result(None)
+
+
 class PendingAnswers:
     """Requests whose agent waits for an answer, each with the future that gets it."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[RequestAnswer]] = {}
+        self._waiting: dict[str, asyncio.Future[RequestAnswer | None]] = {}
         self._subs: list[Any] = []
+        self._store: Projector | None = None
         self._deciding_heard: float | None = None  # monotonic; None: not since start
 
     async def start(self, nc: Client, store: Projector) -> None:
+        self._store = store
         store.observe(ENDINGS, self.on_request_ended)
         # Not queue groups: the replica whose agent waits is the one that must hear them.
         self._subs = [
@@ -86,7 +94,7 @@ class PendingAnswers:
     async def on_deciding(self, msg: Msg) -> None:
         self._deciding_heard = time.monotonic()
 
-    def expect(self, request_id: str) -> asyncio.Future[RequestAnswer]:
+    def expect(self, request_id: str) -> asyncio.Future[RequestAnswer | None]:
         """Before RequestCreated is appended: its decision may be received before the
         append's own acknowledgement."""
         waiting = self._waiting.get(request_id)
@@ -94,16 +102,20 @@ class PendingAnswers:
             waiting = self._waiting[request_id] = asyncio.get_running_loop().create_future()
         return waiting
 
-    async def wait(self, waiting: asyncio.Future[RequestAnswer]) -> RequestAnswer | None:
+    async def wait(self, waiting: asyncio.Future[RequestAnswer | None]) -> RequestAnswer | None:
         """The verdict, or None if none came within ``DECISION_WAIT_SECONDS``, or at once
         (None) when nobody decides (``nobody_decides``)."""
-        if self.nobody_decides and not waiting.done():
+        if waiting.done():
+            return waiting.result()
+        if self.nobody_decides:
             return None
+        # A timer that ends the wait, not ``asyncio.timeout`` (its context manager is a few
+        # dozen lines of Python, on request-svc's busiest path).
+        expiry = asyncio.get_running_loop().call_later(DECISION_WAIT_SECONDS, _give_up, waiting)
         try:
-            async with asyncio.timeout(DECISION_WAIT_SECONDS):
-                return await waiting
-        except TimeoutError:
-            return None
+            return await waiting
+        finally:
+            expiry.cancel()
 
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
@@ -113,10 +125,10 @@ class PendingAnswers:
         if not self._waiting:
             return
         waiting = self._waiting.get(parse_event_subject(m.subject).aggregate_id)
-        if waiting is None or waiting.done():
+        if waiting is None or waiting.done() or self._store is None:
             return
         try:
-            event = event_of(decode(m.data))
+            _, event = self._store.decoded(m)
         except DecodeError:
             return  # the store dead-letters it; the waiter answers from the store
         if isinstance(event, Approved | Denied | RequestExpired):
