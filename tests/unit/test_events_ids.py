@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from epm_events.ids import (
@@ -10,6 +12,7 @@ from epm_events.ids import (
     GLOBAL_TENANT,
     InvalidId,
     derived_event_id,
+    derived_event_id_at,
     new_event_id,
     offline_record_event_id,
     request_id_for,
@@ -119,3 +122,27 @@ def test_one_devices_records_sort_together_in_sequence_order() -> None:
     assert ids == sorted(ids)
     other = offline_record_event_id("pc-2", 10, "ElevationPerformed")
     assert not ids[0] < other < ids[-1]
+
+
+def test_new_event_ids_are_uuid7_in_the_order_they_were_made() -> None:
+    first = new_event_id()
+    time.sleep(0.002)
+    later = [new_event_id() for _ in range(3)]
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert abs((parsed.int >> 80) - time.time_ns() // 1_000_000) < 5_000
+    assert all(first < other for other in later)
+
+
+AT = datetime(2026, 12, 7, 14, 0, 0, 123456, tzinfo=UTC)
+
+
+def test_ids_derived_at_a_time_are_deterministic_uuid8_of_that_millisecond() -> None:
+    one = derived_event_id_at("msg-1", "RequestCreated", AT)
+    assert one == derived_event_id_at("msg-1", "RequestCreated", AT)
+    parsed = uuid.UUID(one)
+    assert parsed.version == 8 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == int(AT.timestamp() * 1000)
+    assert one != derived_event_id_at("msg-2", "RequestCreated", AT)
+    assert one != derived_event_id_at("msg-1", "Approved", AT)
+    assert one < derived_event_id_at("msg-0", "RequestCreated", AT + timedelta(milliseconds=1))

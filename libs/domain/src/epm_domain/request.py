@@ -161,13 +161,13 @@ def _(event: RequestCreated, state: Request | None, tenant: str, at: datetime) -
 @_evolve.register
 def _(event: Approved, state: Request | None, tenant: str, at: datetime) -> Request:
     assert state is not None
-    return replace(state, status="approved", decision=_decision("approve", event, at))
+    return replace(state, status="approved", decision=decision_of(event, at))
 
 
 @_evolve.register
 def _(event: Denied, state: Request | None, tenant: str, at: datetime) -> Request:
     assert state is not None
-    return replace(state, status="denied", decision=_decision("deny", event, at))
+    return replace(state, status="denied", decision=decision_of(event, at))
 
 
 @_evolve.register
@@ -176,9 +176,15 @@ def _(event: RequestExpired, state: Request | None, tenant: str, at: datetime) -
     return replace(state, status="expired", expired_at=at)
 
 
-def _decision(kind: Literal["approve", "deny"], e: Approved | Denied, at: datetime) -> Decision:
+def status_after(e: Approved | Denied) -> Status:
+    """What a request is once this decision stands."""
+    return "approved" if isinstance(e, Approved) else "denied"
+
+
+def decision_of(e: Approved | Denied, at: datetime) -> Decision:
+    """The decision an Approved or Denied recorded at ``at`` gives its request."""
     return Decision(
-        decision=kind,
+        decision="approve" if isinstance(e, Approved) else "deny",
         scope=e.scope,
         by=e.by,
         at=at,

@@ -29,7 +29,13 @@ from epm_events.catalog import (
     Scope,
 )
 from epm_events.codec import DecodeError
-from epm_events.ids import GLOBAL_TENANT, derived_event_id, new_id, validate_token
+from epm_events.ids import (
+    GLOBAL_TENANT,
+    derived_event_id,
+    derived_event_id_at,
+    new_id,
+    validate_token,
+)
 from epm_events.notices import Undecided
 from epm_events.subjects import (
     DECIDING_EVERY_SECONDS,
@@ -130,7 +136,7 @@ class Decisions:
                 by=Actor(kind="system", id=f"grant:{grant.id}"),
                 reason=f"one-time grant from request {grant.id}",
             )
-            return await self._append_at_once(tenant, approved, created_seq)
+            return await self._append_at_once(tenant, approved, created, created_seq)
         verdict = await self.a.rules.evaluate(tenant, app)
         if verdict is None:
             return "open"
@@ -143,7 +149,7 @@ class Decisions:
         else:
             event = Approved(request_id=request_id, scope=scope, by=by, rule_id=rule.id)
         log.info("rule matched", extra={**ids, "rule_id": rule.id, "effect": verdict.effect})
-        return await self._append_at_once(tenant, event, created_seq)
+        return await self._append_at_once(tenant, event, created, created_seq)
 
     async def _consumed_for(self, tenant: str, grant_id: str, request_id: str) -> bool:
         """Whether the stream says this grant was consumed by this request."""
@@ -154,12 +160,13 @@ class Decisions:
         )
 
     async def _append_at_once(
-        self, tenant: str, event: Approved | Denied, expected: int
+        self, tenant: str, event: Approved | Denied, created: RequestCreated, expected: int
     ) -> Literal["decided", "taken"]:
+        # The same id from every replica, in time order (the events' indexes take it at
+        # their end): from the request and the time it carries.
+        event_id = derived_event_id_at(event.request_id, "auto-decision", created.created_at)
         try:
-            [done] = await self.a.publisher.append(
-                tenant, [event], expected, ids=[derived_event_id(event.request_id, "auto-decision")]
-            )
+            [done] = await self.a.publisher.append(tenant, [event], expected, ids=[event_id])
         except ConcurrencyConflict:
             return "taken"  # decided or expired meanwhile: the stream has the answer
         log.info(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from epm_domain.request import Request, evolve
+from epm_domain.request import Decision, Request, decision_of, evolve, status_after
 from epm_events.catalog import (
     Approved,
     Denied,
@@ -34,6 +35,8 @@ from pydantic import TypeAdapter
 from epm_approval.rules import Rule
 
 _REQUEST = TypeAdapter(Request)
+_DECISION = TypeAdapter(Decision)
+_TIME = TypeAdapter(datetime)
 
 
 class ApprovalView(Projection):
@@ -108,6 +111,39 @@ def affects_auto_decision(m: StoredMsg) -> bool:
 
 
 def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+    """A request's events, each written by SQL alone where it can be: a new request is
+    inserted, a decision or an expiry sets its fields in the stored JSON (``json_set``),
+    without the request read back, parsed, evolved and written whole. Anything else takes
+    the general way."""
+    if isinstance(e, RequestCreated):
+        r = evolve(None, e, at.env.tenant, at.received_at)
+        if conn.execute(
+            "INSERT INTO requests (id, tenant, state, last_seq) VALUES (?,?,?,?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (r.id, r.tenant, _REQUEST.dump_json(r).decode(), at.seq),
+        ).rowcount:
+            return
+    elif isinstance(e, Approved | Denied):
+        conn.execute(
+            "UPDATE requests SET last_seq = ?,"
+            " state = json_set(state, '$.status', ?, '$.decision', json(?)) WHERE id = ?",
+            (
+                at.seq,
+                status_after(e),
+                _DECISION.dump_json(decision_of(e, at.received_at)).decode(),
+                e.request_id,
+            ),
+        )
+        return
+    elif isinstance(e, RequestExpired):
+        conn.execute(
+            "UPDATE requests SET last_seq = ?,"
+            " state = json_set(state, '$.status', 'expired', '$.expired_at', json(?))"
+            " WHERE id = ?",
+            (at.seq, _TIME.dump_json(at.received_at).decode(), e.request_id),
+        )
+        return
+    # The general way (a request created again under its id): read back, evolved, written.
     found = find_request(conn, e.aggregate_id)
     state = evolve(found[0] if found else None, e, at.env.tenant, at.received_at)
     conn.execute(
@@ -122,12 +158,11 @@ def on_approved(conn: sqlite3.Connection, e: Approved, at: Applied) -> None:
     owe_rule(conn, e, at)
     if e.grant_id is None:
         return
-    found = find_request(conn, e.request_id)
-    assert found is not None  # on_request_event just wrote it
-    request = found[0]
     conn.execute(
-        "INSERT OR IGNORE INTO grants (id, tenant, user, sha256, created_seq) VALUES (?,?,?,?,?)",
-        (e.grant_id, request.tenant, request.user, request.app.sha256, at.seq),
+        "INSERT OR IGNORE INTO grants (id, tenant, user, sha256, created_seq)"
+        " SELECT ?, tenant, json_extract(state, '$.user'), json_extract(state, '$.app.sha256'), ?"
+        " FROM requests WHERE id = ?",
+        (e.grant_id, at.seq, e.request_id),
     )
 
 

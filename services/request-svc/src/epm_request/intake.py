@@ -37,7 +37,7 @@ from epm_events.agent import (
     signing_bytes,
 )
 from epm_events.catalog import DeviceRevoked, SecurityAlertRaised
-from epm_events.ids import InvalidId, derived_event_id, request_id_for
+from epm_events.ids import InvalidId, derived_event_id, derived_event_id_at, request_id_for
 from epm_events.streams import AGENT, EVENTS
 from epm_events.subjects import (
     ALL_AGENT,
@@ -381,9 +381,9 @@ class AgentIntake:
         waiting = self.answers.expect(request_id)
         try:
             try:
-                await self.ctx.publisher.append(
-                    tenant, [event], 0, ids=[derived_event_id(v.msg_id, "RequestCreated")]
-                )
+                # Its id in time order: the events' indexes take it at their end.
+                event_id = derived_event_id_at(v.msg_id, "RequestCreated", v.received_at)
+                await self.ctx.publisher.append(tenant, [event], 0, ids=[event_id])
                 created = True
             except ConcurrencyConflict:
                 # Sent before (a redelivery or the agent's retry; nats-server checks the

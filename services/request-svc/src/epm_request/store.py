@@ -15,7 +15,15 @@ from typing import Any, NamedTuple
 
 import orjson
 from epm_domain.offline_log import RECORD_EVENTS
-from epm_domain.request import REQUEST_EVENTS, Request, answer_of, evolve
+from epm_domain.request import (
+    REQUEST_EVENTS,
+    Decision,
+    Request,
+    answer_of_event,
+    decision_of,
+    evolve,
+    status_after,
+)
 from epm_events.catalog import (
     AppInfo,
     Approved,
@@ -113,9 +121,6 @@ class RequestStore(Projection):
     schema = SCHEMA
     watched = frozenset({DeviceRevoked.NAME})  # the intake's device cache drops on these
 
-    def __init__(self) -> None:
-        self.open_requests = OpenRequests()
-
     def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
         """Replayed offline records take a short way (a replay storm brings a hundred
         thousand at once): read from the JSON without the pydantic models, and written a run
@@ -183,13 +188,8 @@ class RequestStore(Projection):
             TokenIssued: on_token_issued,
             TokenRevoked: on_token_revoked,
         }
-        open_requests = self.open_requests
-
-        def request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
-            on_request_event(conn, e, at, open_requests)
-
         for cls in REQUEST_EVENTS:
-            table[cls] = request_event
+            table[cls] = on_request_event
         for record in RECORD_EVENTS.values():
             table[record] = on_offline_record
         table[OfflineCodeIssued] = on_code_issued
@@ -369,92 +369,97 @@ def on_code_issued(conn: sqlite3.Connection, e: OfflineCodeIssued, at: Applied) 
     )
 
 
-class OpenRequests:
-    """The state of requests still open, as the writer last wrote it, with the stream
-    sequence it wrote: a decision (most often a rule's, milliseconds after RequestCreated)
-    then need not parse the request back from its JSON (26 µs of the store's ~330 per
-    online request, on request-svc's busiest thread). Only ever trusted when the row's
-    ``last_seq`` says it is what is committed, so a rolled-back write or a rebuilt file
-    falls back to the JSON. Writer thread only."""
-
-    LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._states: dict[str, tuple[int, Request]] = {}
-
-    def get(self, request_id: str, last_seq: int) -> Request | None:
-        hit = self._states.get(request_id)
-        return hit[1] if hit is not None and hit[0] == last_seq else None
-
-    def put(self, r: Request, seq: int) -> None:
-        if r.status != "open":
-            self._states.pop(r.id, None)
-            return
-        if len(self._states) >= self.LIMIT:
-            del self._states[next(iter(self._states))]  # the oldest
-        self._states[r.id] = (seq, r)
-
-
-def on_request_event(
-    conn: sqlite3.Connection, e: Event, at: Applied, open_requests: OpenRequests | None = None
-) -> None:
-    tenant = at.env.tenant
-    row = conn.execute(
-        "SELECT last_seq, state FROM requests WHERE id = ?", (e.aggregate_id,)
-    ).fetchone()
-    before = None
-    if row is not None:
-        cached = open_requests.get(e.aggregate_id, row[0]) if open_requests else None
-        before = cached if cached is not None else request_from_json(row[1])
-    if before is None and not isinstance(e, RequestCreated):
+def on_request_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+    """A request's events, each written by SQL alone where it can be: a new request is
+    inserted, a decision or an expiry sets its fields in the stored JSON (``json_set``),
+    without the request read back, parsed, evolved and written whole (two statements and
+    a parse fewer per online request). Anything else takes the general way."""
+    if isinstance(e, RequestCreated):
+        if not _insert_created(conn, e, at):
+            _evolve_stored(conn, e, at)  # one there already: as a later event would
+        return
+    if isinstance(e, Approved | Denied):
+        status = status_after(e)
+        decision = decision_json(decision_of(e, at.received_at))
+        row = conn.execute(
+            "UPDATE requests SET status = ?, last_seq = ?,"
+            " state = json_set(state, '$.status', ?, '$.decision', json(?)) WHERE id = ?"
+            " RETURNING device_id",
+            (status, at.seq, status, decision, e.request_id),
+        ).fetchone()
+    elif isinstance(e, RequestExpired):
+        row = conn.execute(
+            "UPDATE requests SET status = 'expired', last_seq = ?,"
+            " state = json_set(state, '$.status', 'expired', '$.expired_at', json(?))"
+            " WHERE id = ? RETURNING device_id",
+            (at.seq, orjson.dumps(at.received_at), e.request_id),
+        ).fetchone()
+    else:
+        _evolve_stored(conn, e, at)
+        return
+    if row is None:
         return  # a decision for a request we never saw: nothing to show
-    after = evolve(before, e, tenant, at.received_at)
-    if open_requests is not None:
-        open_requests.put(after, at.seq)
+    _add_history(conn, e, at)
+    enqueue(
+        conn,
+        device_subject(at.env.tenant, row[0], "decision"),
+        orjson.dumps(answer_of_event(e).model_dump(mode="json")),
+        derived_event_id(at.env.id, "DeviceDecision"),
+    )
+
+
+def _insert_created(conn: sqlite3.Connection, e: RequestCreated, at: Applied) -> bool:
+    """The new request's row, unless one is there already (then False, nothing written)."""
+    r = evolve(None, e, at.env.tenant, at.received_at)
+    inserted = conn.execute(
+        "INSERT INTO requests (id, tenant, device_id, user, status, created_at, expires_at,"
+        " created_seq, last_seq, state) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (
+            r.id,
+            r.tenant,
+            r.device_id,
+            r.user,
+            r.status,
+            r.created_at.isoformat(),
+            r.expires_at.timestamp(),
+            at.seq,
+            at.seq,
+            request_to_json(r),
+        ),
+    ).rowcount
+    if not inserted:
+        return False
+    _add_history(conn, e, at)
+    conn.execute("UPDATE devices SET last_request_id = ? WHERE id = ?", (r.id, r.device_id))
+    return True
+
+
+def _evolve_stored(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
+    """The general way: the stored request read back, evolved by the event and written."""
+    row = conn.execute("SELECT state FROM requests WHERE id = ?", (e.aggregate_id,)).fetchone()
+    if row is None:
+        return  # an event for a request we never saw: nothing to show
+    after = evolve(request_from_json(row[0]), e, at.env.tenant, at.received_at)
+    _add_history(conn, e, at)
+    conn.execute(
+        "UPDATE requests SET status = ?, last_seq = ?, state = ? WHERE id = ?",
+        (after.status, at.seq, request_to_json(after), after.id),
+    )
+
+
+def _add_history(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
     conn.execute(
         "INSERT INTO request_history (request_id, seq, type, time, data) VALUES (?,?,?,?,?)"
         " ON CONFLICT DO NOTHING",
         (
-            after.id,
+            e.aggregate_id,
             at.seq,
             e.NAME,
             at.received_at.isoformat(),
             orjson.dumps(e.model_dump(mode="json")).decode(),
         ),
     )
-    if before is None:
-        conn.execute(
-            "INSERT INTO requests (id, tenant, device_id, user, status, created_at, expires_at,"
-            " created_seq, last_seq, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                after.id,
-                tenant,
-                after.device_id,
-                after.user,
-                after.status,
-                after.created_at.isoformat(),
-                after.expires_at.timestamp(),
-                at.seq,
-                at.seq,
-                request_to_json(after),
-            ),
-        )
-        conn.execute(
-            "UPDATE devices SET last_request_id = ? WHERE id = ?", (after.id, after.device_id)
-        )
-        return
-    conn.execute(
-        "UPDATE requests SET status = ?, last_seq = ?, state = ? WHERE id = ?",
-        (after.status, at.seq, request_to_json(after), after.id),
-    )
-    if isinstance(e, Approved | Denied | RequestExpired):
-        answer = answer_of(after)
-        enqueue(
-            conn,
-            device_subject(tenant, after.device_id, "decision"),
-            orjson.dumps(answer.model_dump(mode="json")),
-            derived_event_id(at.env.id, "DeviceDecision"),
-        )
 
 
 # --- state <-> JSON -----------------------------------------------------------------
@@ -474,23 +479,29 @@ def request_to_json(r: Request) -> str:
             "expires_at": r.expires_at,
             "status": r.status,
             "expired_at": r.expired_at,
-            "decision": None
-            if d is None
-            else {
-                "decision": d.decision,
-                "scope": d.scope,
-                "by": d.by.model_dump(),
-                "at": d.at,
-                "rule_id": d.rule_id,
-                "grant_id": d.grant_id,
-                "reason": d.reason,
-            },
+            "decision": None if d is None else _decision_fields(d),
         }
     ).decode()
 
 
+def decision_json(d: Decision) -> str:
+    """A decision as ``request_to_json`` writes it."""
+    return orjson.dumps(_decision_fields(d)).decode()
+
+
+def _decision_fields(d: Decision) -> dict[str, Any]:
+    return {
+        "decision": d.decision,
+        "scope": d.scope,
+        "by": d.by.model_dump(),
+        "at": d.at,
+        "rule_id": d.rule_id,
+        "grant_id": d.grant_id,
+        "reason": d.reason,
+    }
+
+
 def request_from_json(raw: str) -> Request:
-    from epm_domain.request import Decision
     from epm_events.catalog import Actor
 
     d: dict[str, Any] = orjson.loads(raw)
