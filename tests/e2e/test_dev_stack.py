@@ -171,6 +171,16 @@ def test_a_busy_port_stops_start_up_naming_the_flag(
     assert not (tmp_path / "data" / "logs" / "nats.log").exists()  # nothing was started
 
 
+def test_nats_server_yields_to_the_services_and_they_do_not(stack: Stack) -> None:
+    """The stack's nats-server runs as SCHED_BATCH (epm_service.natsserver.run_as_batch): its
+    wake-ups wait for a running service instead of preempting it. The services do not."""
+    endpoints = stack.dev.endpoints()
+    assert endpoints is not None
+    processes = endpoints["processes"]
+    assert os.sched_getscheduler(processes["nats-server"]) == os.SCHED_BATCH
+    assert os.sched_getscheduler(processes["request-svc"]) == os.SCHED_OTHER
+
+
 def test_a_killed_nats_server_is_restarted_and_the_stack_answers_again(stack: Stack) -> None:
     before = stack.dev.endpoints()
     assert before is not None

@@ -40,6 +40,7 @@ class ChildSpec:
     # Sent if epm dev dies without stopping it. SIGKILL for services: nats-server may be
     # going down at the same moment, and a service's clean stop would wait for it forever.
     death_signal: signal.Signals = signal.SIGKILL
+    batch_scheduling: bool = False  # run as SCHED_BATCH (epm_service.natsserver.run_as_batch)
 
 
 Report = Callable[[str, str], None]  # (level, message)
@@ -84,7 +85,9 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.spec.env or None,
                 start_new_session=True,
-                preexec_fn=die_with_parent(self.spec.death_signal),
+                preexec_fn=die_with_parent(
+                    self.spec.death_signal, batch_scheduling=self.spec.batch_scheduling
+                ),
             )
         finally:
             os.close(log)

@@ -123,6 +123,7 @@ class DevStack:
             log_file=c.data.log_file("nats"),
             ready=nats_ready(c.nats_port),
             death_signal=signal.SIGTERM,  # lets it close its JetStream store cleanly
+            batch_scheduling=True,  # beside the services on one machine: see run_as_batch
         )
 
     def service_spec(self, name: str) -> ChildSpec:
