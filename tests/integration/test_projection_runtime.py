@@ -387,8 +387,16 @@ async def test_a_gathering_projection_says_whether_what_it_still_holds_matters(
             await asyncio.sleep(0.01)
         assert p.position < seq  # still gathering, unwritten
         assert p.settled_through(seq, lambda m: False)
-        assert not p.settled_through(seq, lambda m: m.subject.endswith(".TenantCreated"))
+
+        def matters(m: StoredMsg) -> bool:
+            return m.subject.endswith(".TenantCreated")
+
+        assert not p.settled_through(seq, matters)
+        assert not p.settled_through(seq, matters)  # asked again: remembered, the same
+        assert p.settled_through(seq - 1, matters)  # nothing before it matters
         assert p.position < seq  # asking wrote nothing
+        await p.wait_for(seq)
+        assert p.settled_through(seq, matters)  # written: settled
     finally:
         await p.stop()
 

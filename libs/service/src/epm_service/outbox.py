@@ -23,8 +23,9 @@ from typing import TypeVar
 
 from nats.js import JetStreamContext
 
+from epm_service.natsfast import MSG_ID
 from epm_service.projection import Projector, open_db
-from epm_service.publisher import gather_acks
+from epm_service.publisher import BulkPublisher
 from epm_service.worker import TaskWorker
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class OutboxRelay(TaskWorker):
         # cancelled must finish before the connection is closed (closing it under a
         # running query crashes the interpreter).
         self._db = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self._publisher = BulkPublisher(js._nc)
 
     async def _in_db(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -122,12 +124,14 @@ class OutboxRelay(TaskWorker):
         ).fetchall()
         if not rows:
             return False
-        futures = []
+        messages = []
         for _id, subject, payload, msg_id, headers in rows:
             hdrs = orjson.loads(headers) if headers else {}
-            hdrs["Nats-Msg-Id"] = msg_id
-            futures.append(await self.js.publish_async(subject, payload, headers=hdrs))
-        await gather_acks(futures)  # a TimeoutError: the rows stay, relayed again
+            hdrs[MSG_ID] = msg_id
+            messages.append((subject, bytes(payload), hdrs))
+        # One set, one wait (not a future and a timeout per message). A refusal or a
+        # TimeoutError: the rows stay, relayed again.
+        await self._publisher.publish(messages)
         last = rows[-1][0]
 
         def delete(conn: sqlite3.Connection) -> None:

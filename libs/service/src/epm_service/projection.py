@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -295,6 +296,9 @@ class Projector:
         )
         self._cconn: sqlite3.Connection | None = None
         self._observers: dict[str, list[Callable[[StoredMsg], None]]] = {}
+        # settled_through's predicates: how far the received messages were asked, and the
+        # sequences, not yet written, of those that matter
+        self._settling: dict[Callable[[StoredMsg], bool], tuple[int, list[int]]] = {}
         self._reactions: set[asyncio.Task[None]] = set()
         self._filters: list[str] | None = None
         if projection.only_handled and filter_subject == ALL_EVENTS:
@@ -306,6 +310,7 @@ class Projector:
         loop = asyncio.get_running_loop()
         self.position = await loop.run_in_executor(self._writer, self._open)
         self._last_seq = self.position
+        self._settling.clear()  # what is received from here on is asked anew
         PROJECTION_POSITION.labels(self.projection.name).set(self.position)
         info = await self.js.stream_info(self.stream)
         self._target = info.state.last_seq
@@ -436,7 +441,20 @@ class Projector:
             return True
         if self._filters is not None or self._last_seq < seq:
             return False  # a filtered consumer never says it has seen ``seq``
-        return not any(m.seq <= seq and matters(m) for m in (*self._writing, *self._buf))
+        # Each received message is asked once per predicate, not at every call (a decision
+        # at once asks about everything its view still gathers, every request).
+        checked, hits = self._settling.setdefault(matters, (0, []))
+        newest = checked
+        for m in itertools.chain(reversed(self._buf), reversed(self._writing)):
+            if m.seq <= checked:
+                break
+            newest = max(newest, m.seq)
+            if matters(m):
+                hits.append(m.seq)
+        position = self.position
+        hits[:] = [h for h in hits if h > position]
+        self._settling[matters] = (newest, hits)
+        return not any(h <= seq for h in hits)
 
     async def wait_past(self, position: int, timeout: float = 5.0) -> bool:
         """Until the projection commits a batch beyond ``position``: for workers that
