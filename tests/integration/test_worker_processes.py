@@ -70,6 +70,24 @@ async def test_a_worker_killed_mid_job_fails_it_and_is_replaced() -> None:
         await workers.stop()
 
 
+async def test_a_job_sent_while_a_worker_is_replaced_goes_to_a_running_one(
+    workers: WorkerProcesses,
+) -> None:
+    first, second = workers.pids
+    hanging = asyncio.ensure_future(workers.run(hang))  # both idle: the first takes it
+    await asyncio.sleep(0.5)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(WorkerDied):
+        await asyncio.wait_for(hanging, 10)
+    # At once, while the killed one is being replaced: the other answers.
+    assert await asyncio.wait_for(workers.run(whose, 7), 10) == (second, 7)
+    for _ in range(300):  # and the replacement comes
+        if len(workers.pids) == 2 and first not in workers.pids:
+            break
+        await asyncio.sleep(0.1)
+    assert len(workers.pids) == 2 and first not in workers.pids
+
+
 async def test_stop_leaves_no_worker_running() -> None:
     workers = WorkerProcesses(2, "test-worker")
     await workers.start()

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+REPLACE_WAIT_SECONDS = 5.0
+"""How long a job waits for a worker being replaced when no other runs (a spawn starts in
+milliseconds; its imports happen while the job waits on its socket)."""
+
 _SIZE = struct.Struct("!i")  # multiprocessing.connection's framing of a message up to 2 GiB
 
 
@@ -89,6 +93,7 @@ class _Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.reading: asyncio.Task[None] | None = None
+        self.replacing: asyncio.Task[None] | None = None
 
 
 class WorkerProcesses:
@@ -128,10 +133,18 @@ class WorkerProcesses:
         )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the worker with the fewest jobs waiting."""
-        worker = min(self._workers, key=lambda w: len(w.pending))
-        if worker.writer is None or self._stopped:
-            raise WorkerDied(f"{self.name} is not running")
+        """``fn(*args)`` in the running worker with the fewest jobs waiting. With none
+        running, a replacement under way is waited for (``REPLACE_WAIT_SECONDS``); else
+        WorkerDied."""
+        running = [w for w in self._workers if w.writer is not None]
+        replacing = [w.replacing for w in self._workers if w.replacing and not w.replacing.done()]
+        if not running and replacing and not self._stopped:
+            await asyncio.wait(replacing, timeout=REPLACE_WAIT_SECONDS)  # every one is
+            running = [w for w in self._workers if w.writer is not None]
+        if not running or self._stopped:
+            raise WorkerDied(f"{self.name} has no worker running")
+        worker = min(running, key=lambda w: len(w.pending))
+        assert worker.writer is not None
         job = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         worker.pending.append(future)
@@ -173,13 +186,24 @@ class WorkerProcesses:
             "a worker process ended; starting another",
             extra={"worker": f"{self.name}-{worker.index}", "exit_code": code},
         )
+        worker.replacing = asyncio.get_running_loop().create_task(
+            self._replace(worker), name=f"{self.name}-{worker.index}-replace"
+        )
+
+    async def _replace(self, worker: _Worker) -> None:
         if worker.process is not None:
-            worker.process.join(timeout=1)
-        asyncio.get_running_loop().create_task(self._spawn(worker))
+            # Ended, or about to: reaped on a thread, not on the loop.
+            await asyncio.to_thread(worker.process.join, 1)
+        if not self._stopped:
+            await self._spawn(worker)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Close every worker's socket (it exits when it reads the end), kill stragglers."""
         self._stopped = True
+        for worker in self._workers:
+            if worker.replacing is not None:  # lets a replacement under way finish first
+                with contextlib.suppress(Exception):
+                    await worker.replacing
         for worker in self._workers:
             if worker.writer is not None:
                 worker.writer.close()
