@@ -190,3 +190,20 @@ async def test_with_approval_svc_gone_the_agent_is_told_open_at_once(
         assert (await ask_online(bus, dev))["status"] == "open"
     finally:
         await request_svc.stop()
+
+
+async def test_started_without_approval_svc_request_svc_answers_open_once_it_was_silent(
+    bus: Bus, settings: Settings, tenants: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """approval-svc never said it reacts since request-svc started: after three seconds of
+    that silence the agent is told ``open`` at once, not after the decision wait (here ten
+    minutes). An approval-svc started later would not decide the request anyway: its
+    reactions begin with what comes after them."""
+    monkeypatch.setattr(answers, "DECISION_WAIT_SECONDS", NEVER)
+    request_svc = await start_service(REQUEST, settings)
+    try:
+        dev = await enroll(bus, "acme")
+        await asyncio.sleep(answers.SILENT_AFTER_SECONDS + 0.5)
+        assert (await ask_online(bus, dev))["status"] == "open"
+    finally:
+        await request_svc.stop()

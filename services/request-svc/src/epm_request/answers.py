@@ -12,9 +12,9 @@ reply, on a machine where each one wakes a process (bench/README.md, "Online req
 Nothing here is the truth: a waiter that hears nothing for ``DECISION_WAIT_SECONDS``
 (approval-svc down or far behind) answers from the store, ``open`` for a request nobody
 decided yet; a later decision still reaches the device on EPM_DEVICE, as every decision
-does. It does not wait at all once approval-svc, heard before on ``DECIDING_NOTICE`` (every
-replica says it reacts, every second), has been silent three times as long: no replica
-is there to decide.
+does. It does not wait at all once approval-svc has been silent on ``DECIDING_NOTICE``
+(every replica says it reacts, every second) three times as long, counting from this
+replica's start: no replica is there to decide.
 """
 
 from __future__ import annotations
@@ -67,11 +67,12 @@ class PendingAnswers:
         self._waiting: dict[str, asyncio.Future[RequestAnswer | None]] = {}
         self._subs: list[Any] = []
         self._store: Projector | None = None
-        self._deciding_heard: float | None = None  # monotonic; None: not since start
+        self._deciding_heard: float | None = None  # monotonic; None: not started
 
     async def start(self, nc: Client, store: Projector) -> None:
         self._store = store
         store.observe(ENDINGS, self.on_request_ended)
+        self._deciding_heard = time.monotonic()  # as if heard now: silent from here on
         # Not queue groups: the replica whose agent waits is the one that must hear them.
         self._subs = [
             await nc.subscribe(UNDECIDED_NOTICE, cb=self.on_undecided),
@@ -85,9 +86,10 @@ class PendingAnswers:
 
     @property
     def nobody_decides(self) -> bool:
-        """approval-svc was heard since start and has been silent since: no replica reacts
-        to new requests (stopped, crashed, or cut off from NATS). Never heard: unknown,
-        so wait as ever."""
+        """No approval-svc replica said it reacts to new requests for ``SILENT_AFTER_SECONDS``
+        (stopped, crashed, cut off from NATS, or not started), counting from this
+        replica's start: a replica says so every second, and one that starts later decides
+        no request created before its reactions began, so waiting for it gains nothing."""
         heard = self._deciding_heard
         return heard is not None and time.monotonic() - heard > SILENT_AFTER_SECONDS
 
