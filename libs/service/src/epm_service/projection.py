@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from epm_events.catalog import EVENT_TYPES, Event
-from epm_events.codec import DecodeError, decode, event_of
+from epm_events.codec import DecodeError, decode_event
 from epm_events.envelope import Envelope
 from epm_events.streams import EVENTS
 from epm_events.subjects import ALL_EVENTS, event_type_filter
@@ -173,7 +173,7 @@ class Projection:
                 continue
             try:
                 # validate before recording the id: a rejected event must not use it up
-                env, event = received.take(m) if received is not None else decoded(m)
+                env, event = received.take(m) if received is not None else decode_event(m.data)
                 if m.msg_id is not None and env.id != m.msg_id:
                     raise DecodeError("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
                 if not mark_processed(conn, env.id, m.seq):
@@ -184,12 +184,6 @@ class Projection:
                 continue
             handler(conn, event, Applied(env, m.seq, m.received_at))
         return rejected
-
-
-def decoded(m: StoredMsg) -> tuple[Envelope, Event]:
-    """The message's envelope and event, or DecodeError."""
-    env = decode(m.data)
-    return env, event_of(env)
 
 
 class Received:
@@ -206,10 +200,10 @@ class Received:
         self._by_seq: dict[int, tuple[Envelope, Event]] = {}
 
     def get(self, m: StoredMsg) -> tuple[Envelope, Event]:
-        """Decoded once, kept for the writer; DecodeError as ``decoded``."""
+        """Decoded once, kept for the writer; DecodeError as ``decode_event``."""
         hit = self._by_seq.get(m.seq)
         if hit is None:
-            hit = decoded(m)
+            hit = decode_event(m.data)
             if len(self._by_seq) >= self.LIMIT:
                 self._by_seq.clear()
             self._by_seq[m.seq] = hit
@@ -218,7 +212,7 @@ class Received:
     def take(self, m: StoredMsg) -> tuple[Envelope, Event]:
         """What ``get`` decoded for this message (and forget it), else decoded now."""
         hit = self._by_seq.pop(m.seq, None)
-        return decoded(m) if hit is None else hit
+        return decode_event(m.data) if hit is None else hit
 
 
 def mark_processed(conn: sqlite3.Connection, event_id: str, seq: int) -> bool:
@@ -525,7 +519,7 @@ class Projector:
         written or is written already is decoded on its own."""
         writing = self._writing
         if m.seq <= self.position or (writing and m.seq <= writing[-1].seq):
-            return decoded(m)
+            return decode_event(m.data)
         return self.received.get(m)
 
     def observe(self, names: Iterable[str], fn: Callable[[StoredMsg], None]) -> None:
