@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,40 @@ async def test_a_gathering_batch_is_written_once_it_holds_gather_up_to_events(
         # the hundredth ends the gathering (wait_past waits without writing anything itself)
         assert await p.wait_past(99, timeout=5)
         assert await applied_count(p) == 100
+    finally:
+        await p.stop()
+
+
+class WriterThreads(SlowGathering):
+    """Which thread wrote each batch, and how many events it held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[int, int]] = []
+
+    def apply_batch(self, conn: sqlite3.Connection, msgs: list[StoredMsg]) -> list[Rejected]:
+        self.batches.append((threading.get_ident(), len(msgs)))
+        return super().apply_batch(conn, msgs)
+
+
+async def test_a_gathered_batch_a_few_events_past_gather_up_to_is_written_on_the_loop(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """The read that completes a gathering often brings a few more events before the
+    batch is written: they go with it, on the event loop, not by the writer thread's hop."""
+    log = WriterThreads()
+    p = Projector(bus.js, log, tmp_path / "p.sqlite", service="test")
+    await p.start()  # on an empty stream: the events below are handed over as nats-py would
+    pub = EventPublisher(bus.js, "/epm/test")
+    events = tenants(projection.GATHER_UP_TO + 5)
+    try:
+        await p.wait_caught_up(5)
+        for seq, event in enumerate(events, start=1):  # in one loop turn, as from one read
+            env = pub.envelope(event, event.tenant_id)
+            p._receive(subject_of(env), AckReply(seq, seq, seq * 1000, 0), encode(env), env.id)
+        assert await p.wait_past(len(events) - 1, timeout=5)
+        assert log.batches == [(threading.get_ident(), len(events))]
+        assert await applied_count(p) == len(events)
     finally:
         await p.stop()
 

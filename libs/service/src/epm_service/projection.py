@@ -50,7 +50,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
-INLINE_BATCH = 16  # batches up to this size are written on the event loop (Projector)
+GATHER_UP_TO = 16
+"""Default of ``Projection.gather_up_to``."""
+INLINE_BATCH = 2 * GATHER_UP_TO
+"""Live batches up to this size are written on the event loop (``Projector``). Twice what a
+gathering waits for: a gathering ends at 16 events, but the read that brought the
+sixteenth often brought a few more before the drain ran, and a third of the online row's
+batches (17-23 events) took the writer thread's hop, two thread wake-ups and the GIL
+handed over twice (bench/README.md, "Online request", session 11)."""
 CHECKPOINT_SECONDS = 1.0
 """How often a Projector moves its WAL into the database file: a passive checkpoint on a
 connection and thread of its own, beside the writes, never in their way. SQLite's own
@@ -144,10 +151,10 @@ class Projection:
     """Live (a trickle, not a backlog), how long a Projector may gather events before it
     writes them, so one commit carries several: unless someone waits for one of them
     (``Projector.wait_for``), then it writes at once. 0 writes every event as it comes."""
-    gather_up_to: int = INLINE_BATCH
+    gather_up_to: int = GATHER_UP_TO
     """A gathering batch is written once it holds this many events, before its time is up:
-    at most what is written on the event loop, unless a projection prefers fewer, larger
-    commits while events flow (the audit trail)."""
+    half what is written on the event loop (``INLINE_BATCH``), unless a projection prefers
+    fewer, larger commits while events flow (the audit trail)."""
     watched: frozenset[str] = frozenset()
     """Event names whose last committed sequence the Projector keeps in ``last_seq_of``,
     so in-memory caches over the projection know cheaply when to reload."""
