@@ -43,6 +43,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from epm_service.deadletter import dead_letter
 from epm_service.metrics import EVENTS_APPLIED, EVENTS_SKIPPED, PROJECTION_POSITION
 from epm_service.natsfast import AckReply, ordered_callback
+from epm_service.publisher import APPENDED
 from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class Received:
         """Decoded once, kept for the writer; DecodeError as ``decode_event``."""
         hit = self._by_seq.get(m.seq)
         if hit is None:
-            hit = decode_event(m.data)
+            hit = APPENDED.get(m.msg_id, m.data) or decode_event(m.data)
             if len(self._by_seq) >= self.LIMIT:
                 self._by_seq.clear()
             self._by_seq[m.seq] = hit
@@ -219,7 +220,9 @@ class Received:
     def take(self, m: StoredMsg) -> tuple[Envelope, Event]:
         """What ``get`` decoded for this message (and forget it), else decoded now."""
         hit = self._by_seq.pop(m.seq, None)
-        return decode_event(m.data) if hit is None else hit
+        if hit is None:
+            hit = APPENDED.get(m.msg_id, m.data) or decode_event(m.data)
+        return hit
 
 
 def mark_processed(conn: sqlite3.Connection, event_id: str, seq: int) -> bool:
