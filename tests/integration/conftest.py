@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from epm_service.bus import Bus, connect
+from epm_service.bus import connect
 from epm_service.natsserver import NatsServer, ServerTls
 from epm_service.settings import Settings
-from epm_service.streams import apply_streams
 
 from tests.certificates import TlsFiles, issue_tls_files
+from tests.conftest import fresh_streams
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +29,10 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> I
         yield server
 
 
-async def delete_streams(bus: Bus) -> None:
-    """Every stream on the server gone (what a service finds before `epm streams apply`)."""
-    for info in await bus.js.streams_info():
-        await bus.js.delete_stream(str(info.config.name))
-
-
 async def empty_streams(settings: Settings, name: str) -> None:
     """The EPM streams on the server ``settings`` reaches, created afresh and empty."""
     bus = await connect(settings, name=name)
     try:
-        await delete_streams(bus)
-        await apply_streams(bus.js)
+        await fresh_streams(bus)
     finally:
         await bus.close()

@@ -22,7 +22,7 @@ from epm_service.rpc import call
 from epm_service.runtime import RunningService
 from epm_service.settings import Settings
 
-from tests.integration.conftest import delete_streams
+from tests.conftest import delete_streams
 
 PROBLEM = "application/problem+json"
 

@@ -19,7 +19,7 @@ from epm_service.bus import Bus
 from epm_service.natsserver import free_port
 from epm_service.settings import Settings
 
-from tests.integration.conftest import delete_streams
+from tests.conftest import delete_streams
 
 
 def gateway_env(settings: Settings, port: int, token_file: Path) -> dict[str, str]:
