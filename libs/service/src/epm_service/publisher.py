@@ -67,8 +67,10 @@ class RecentlyAppended:
     that were encoded match, so what a projection gets is what decoding would give.
     Shared by the event loop and writer threads; each dict operation is atomic."""
 
-    LIMIT = 4096
-    """Far more than a service appends between publishing one and receiving it back."""
+    LIMIT = 1024
+    """More than a service appends between publishing one and receiving it back (about a
+    second of appends at the online row's rate; a replay's records go by a BulkPublisher,
+    not here); a few megabytes at most."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, tuple[bytes, Envelope, Event]] = {}
