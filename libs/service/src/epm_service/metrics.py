@@ -25,3 +25,11 @@ LOOP_LAG_SECONDS = Histogram(
     ["service"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+NATS_ACCOUNT_JWT_BYTES = Gauge(
+    "epm_nats_account_jwt_bytes",
+    "Size of the EPM account JWT last pushed to the resolver (every revoked NATS user adds"
+    " about 100 bytes; it must stay under the servers' max_payload)",
+)
+NATS_REVOKED_USERS = Gauge(
+    "epm_nats_revoked_users", "Device and integrator NATS users the account JWT revokes"
+)

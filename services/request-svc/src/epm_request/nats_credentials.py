@@ -27,6 +27,7 @@ import nats
 import nats.errors
 import orjson
 from epm_service.errors import Unavailable
+from epm_service.metrics import NATS_ACCOUNT_JWT_BYTES, NATS_REVOKED_USERS
 from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jwt
 from epm_service.projection import Projector
 from epm_service.settings import Settings
@@ -38,6 +39,23 @@ log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 30.0
 PUSH_TIMEOUT = 5.0
+JWT_SIZE_WARNING = 0.8
+"""Past this share of the servers' max_payload the account JWT's size is logged as a
+warning at every push: every revoked user stays listed (device creds do not expire), and
+a JWT over the limit cannot reach the resolver, so no further revocation would."""
+
+
+def account_jwt_problem(jwt_bytes: int, max_payload: int, revoked: int) -> str | None:
+    """Why an account JWT of this size cannot be pushed to servers with this max_payload
+    (a sentence an operator can act on), or None."""
+    if not max_payload or jwt_bytes <= max_payload:
+        return None
+    return (
+        f"the EPM account JWT revokes {revoked} NATS users and is {jwt_bytes} bytes, more "
+        f"than the NATS servers' max_payload ({max_payload} bytes), so it cannot be pushed: "
+        "raise max_payload in the NATS configuration (deploy/k8s: nats.conf) and restart "
+        "the servers"
+    )
 
 
 def revoked_devices(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -137,12 +155,28 @@ class DeviceCredentials:
             held = await self._held_revocations(nc)
             if wanted <= held:
                 return
-            jwt = self.issuer.account_jwt(sorted(wanted | held))
-            reply = await nc.request(CLAIMS_UPDATE, jwt.encode(), timeout=PUSH_TIMEOUT)
+            revoked = sorted(wanted | held)
+            jwt = self.issuer.account_jwt(revoked).encode()
+            problem = account_jwt_problem(len(jwt), nc.max_payload, len(revoked))
+            if problem is not None:
+                raise NatsAuthError(problem)
+            if len(jwt) > JWT_SIZE_WARNING * nc.max_payload:
+                log.warning(
+                    "the EPM account JWT nears the NATS servers' max_payload; raise it before "
+                    "revocations stop reaching the servers",
+                    extra={
+                        "revoked_users": len(revoked),
+                        "jwt_bytes": len(jwt),
+                        "max_payload": nc.max_payload,
+                    },
+                )
+            reply = await nc.request(CLAIMS_UPDATE, jwt, timeout=PUSH_TIMEOUT)
             answer = orjson.loads(reply.data)
             if answer.get("error"):
                 raise NatsAuthError(f"the resolver refused the account JWT: {answer['error']}")
-            log.info("NATS revocations pushed", extra={"revoked_users": len(wanted | held)})
+            NATS_ACCOUNT_JWT_BYTES.set(len(jwt))
+            NATS_REVOKED_USERS.set(len(revoked))
+            log.info("NATS revocations pushed", extra={"revoked_users": len(revoked)})
 
     async def _held_revocations(self, nc: Client) -> set[str]:
         assert self.issuer is not None
@@ -152,7 +186,10 @@ class DeviceCredentials:
             claims = decode_jwt(reply.data.decode())
         except (NatsAuthError, UnicodeDecodeError):
             return set()
-        return set((claims.get("nats") or {}).get("revocations") or {})
+        held = set((claims.get("nats") or {}).get("revocations") or {})
+        NATS_ACCOUNT_JWT_BYTES.set(len(reply.data))
+        NATS_REVOKED_USERS.set(len(held))
+        return held
 
     async def _system(self) -> Client:
         assert self.issuer is not None and self.issuer.system_creds
