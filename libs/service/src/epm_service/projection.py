@@ -181,7 +181,7 @@ class Projection:
                 continue
             try:
                 # validate before recording the id: a rejected event must not use it up
-                env, event = received.take(m) if received is not None else decode_event(m.data)
+                env, event = received.take(m) if received is not None else decode_received(m)
                 if m.msg_id is not None and env.id != m.msg_id:
                     raise DecodeError("id_mismatch", "Nats-Msg-Id differs from the CloudEvent id")
                 if not mark_processed(conn, env.id, m.seq):
@@ -211,7 +211,7 @@ class Received:
         """Decoded once, kept for the writer; DecodeError as ``decode_event``."""
         hit = self._by_seq.get(m.seq)
         if hit is None:
-            hit = APPENDED.get(m.msg_id, m.data) or decode_event(m.data)
+            hit = decode_received(m)
             if len(self._by_seq) >= self.LIMIT:
                 self._by_seq.clear()
             self._by_seq[m.seq] = hit
@@ -220,9 +220,14 @@ class Received:
     def take(self, m: StoredMsg) -> tuple[Envelope, Event]:
         """What ``get`` decoded for this message (and forget it), else decoded now."""
         hit = self._by_seq.pop(m.seq, None)
-        if hit is None:
-            hit = APPENDED.get(m.msg_id, m.data) or decode_event(m.data)
-        return hit
+        return decode_received(m) if hit is None else hit
+
+
+def decode_received(m: StoredMsg) -> tuple[Envelope, Event]:
+    """A received message's envelope and event: what this process encoded itself, if it
+    appended these very bytes (``RecentlyAppended``), else decoded (DecodeError as
+    ``decode_event``)."""
+    return APPENDED.get(m.msg_id, m.data) or decode_event(m.data)
 
 
 def mark_processed(conn: sqlite3.Connection, event_id: str, seq: int) -> bool:
@@ -529,7 +534,7 @@ class Projector:
         written or is written already is decoded on its own."""
         writing = self._writing
         if m.seq <= self.position or (writing and m.seq <= writing[-1].seq):
-            return decode_event(m.data)
+            return decode_received(m)
         return self.received.get(m)
 
     def observe(self, names: Iterable[str], fn: Callable[[StoredMsg], None]) -> None:
