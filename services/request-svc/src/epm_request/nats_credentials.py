@@ -160,7 +160,7 @@ class DeviceCredentials:
             problem = account_jwt_problem(len(jwt), nc.max_payload, len(revoked))
             if problem is not None:
                 raise NatsAuthError(problem)
-            if len(jwt) > JWT_SIZE_WARNING * nc.max_payload:
+            if nc.max_payload and len(jwt) > JWT_SIZE_WARNING * nc.max_payload:
                 log.warning(
                     "the EPM account JWT nears the NATS servers' max_payload; raise it before "
                     "revocations stop reaching the servers",
