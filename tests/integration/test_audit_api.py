@@ -333,3 +333,48 @@ async def test_deleted_trail_is_rebuilt_with_the_same_heads_key_and_checkpoints(
     assert after[: len(before)] == before  # same records, same hashes, same order
     assert (await stack.gw.get("/v1/audit/keys")).json() == before_keys
     assert verify_lines(after, await stack.keys()).ok  # the old checkpoints, the same key
+
+
+async def test_after_a_master_key_rotation_checkpoints_are_signed_with_the_same_key(
+    stack: Stack, bus: Bus
+) -> None:
+    """The signing key was sealed under the old EPM_MASTER_KEY: audit-svc given it as
+    EPM_MASTER_KEY_PREVIOUS (and its trail rebuilt) opens it and goes on signing."""
+    await traffic(stack, bus)
+    await eventually(lambda: stack.records(tenant="acme", type="AuditCheckpointSigned"), timeout=20)
+    keys_before = (await stack.gw.get("/v1/audit/keys")).json()
+    await stack.stop_audit()
+    for f in stack.db.parent.glob(f"{stack.db.name}*"):
+        f.unlink()
+    old_key = stack.settings.master_key
+    stack.settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    stack.settings.master_key_previous = old_key
+
+    await stack.start_audit()
+    signed_before = len(await stack.records(tenant="acme", type="AuditCheckpointSigned"))
+    pub = EventPublisher(bus.js, "/epm/request-svc")
+    now = datetime.now(UTC)
+    await pub.publish(
+        [
+            pub.envelope(
+                RequestCreated(
+                    request_id=f"req-after-rotation-{i}",
+                    device_id="dev-acme-0",
+                    user="bob",
+                    app=APP,
+                    created_at=now,
+                    expires_at=now + timedelta(days=4),
+                ),
+                "acme",
+            )
+            for i in range(CHECKPOINT_RECORDS)
+        ]
+    )
+
+    async def signed_after() -> list[dict[str, Any]]:
+        signed = await stack.records(tenant="acme", type="AuditCheckpointSigned")
+        return signed if len(signed) > signed_before else []
+
+    await eventually(signed_after, timeout=20)
+    assert (await stack.gw.get("/v1/audit/keys")).json() == keys_before  # no second key
+    assert verify_lines(await stack.export(tenant="acme"), await stack.keys()).ok

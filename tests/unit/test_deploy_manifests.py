@@ -215,6 +215,10 @@ def test_secrets_are_referenced_never_shipped(target: str) -> None:
         ]
         key = next(e for e in env if e["name"] == "EPM_MASTER_KEY")
         assert key["valueFrom"]["secretKeyRef"]["name"] == "epm-master-key"
+        # the keys before a rotation, from the same Secret, while there are none too
+        previous = next(e for e in env if e["name"] == "EPM_MASTER_KEY_PREVIOUS")
+        ref = previous["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"], ref["optional"]) == ("epm-master-key", "previous", True)
 
 
 @pytest.mark.parametrize("target", TARGETS)

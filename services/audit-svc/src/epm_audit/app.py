@@ -52,7 +52,9 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
 async def on_start(ctx: ServiceContext) -> None:
     trail = ctx.projector(AuditTrail.name)
     await trail.wait_caught_up()
-    key = SigningKey(trail, ctx.publisher, ctx.settings.master_key)
+    key = SigningKey(
+        trail, ctx.publisher, ctx.settings.master_key, ctx.settings.previous_master_keys
+    )
     try:
         await key.current()
     except Unavailable as exc:

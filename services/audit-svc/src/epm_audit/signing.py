@@ -20,6 +20,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from epm_events.catalog import AuditCheckpointSigned, AuditKeyCreated
@@ -52,10 +53,17 @@ TICK_SECONDS = 1.0
 class SigningKey:
     """The current checkpoint key: found in the trail, else created (once) and appended."""
 
-    def __init__(self, trail: Projector, publisher: EventPublisher, master_key: str | None) -> None:
+    def __init__(
+        self,
+        trail: Projector,
+        publisher: EventPublisher,
+        master_key: str | None,
+        previous_master_keys: Sequence[str] = (),
+    ) -> None:
         self.trail = trail
         self.publisher = publisher
         self.master_key = master_key
+        self.previous_master_keys = previous_master_keys  # a key sealed before a rotation
         self._key: tuple[str, Ed25519PrivateKey] | None = None
 
     def __repr__(self) -> str:
@@ -76,7 +84,7 @@ class SigningKey:
 
     def _box(self) -> SecretBox:
         try:
-            return SecretBox.from_master_key(self.master_key)
+            return SecretBox.from_master_key(self.master_key, self.previous_master_keys)
         except SecretBoxError as exc:
             raise Unavailable(f"signed audit checkpoints need the deployment key: {exc}") from None
 
