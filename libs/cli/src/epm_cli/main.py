@@ -61,7 +61,7 @@ def streams_apply(
     as_json: JsonFlag = False,
 ) -> None:
     """Create or update the EPM streams (idempotent)."""
-    from epm_service.bus import connect
+    from epm_service.bus import connect, explained
     from epm_service.settings import Settings
     from epm_service.streams import apply_streams
 
@@ -71,8 +71,15 @@ def streams_apply(
     if replicas:
         settings.stream_replicas = replicas
 
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)  # the cause (refused credentials), not nats-py's "no servers"
+
     async def go() -> list[tuple[str, str]]:
-        bus = await connect(settings, name="epm-streams-apply", max_reconnect_attempts=3)
+        bus = await connect(
+            settings, name="epm-streams-apply", max_reconnect_attempts=3, error_cb=on_error
+        )
         try:
             return await apply_streams(bus.js, settings.stream_replicas)
         finally:
@@ -81,7 +88,10 @@ def streams_apply(
     try:
         done = asyncio.run(go())
     except Exception as exc:
-        fail(f"could not apply streams at {settings.nats_url}: {exc}", as_json)
+        fail(
+            f"could not apply streams: {explained(errors[-1] if errors else exc, settings)}",
+            as_json,
+        )
     emit(
         {"streams": [{"name": n, "action": a} for n, a in done]},
         as_json,

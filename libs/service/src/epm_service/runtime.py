@@ -15,12 +15,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from epm_events.envelope import service_source
 from epm_events.streams import ALL_STREAMS
+from pydantic import ValidationError
 
-from epm_service.bus import Bus, connect
+from epm_service.bus import Bus, NatsSettingsError, connect
 from epm_service.health import HealthServer
 from epm_service.jsonlog import setup_logging
 from epm_service.metrics import LOOP_LAG_SECONDS
@@ -28,12 +29,47 @@ from epm_service.natsauth import service_inbox_prefix
 from epm_service.projection import Projection, Projector
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import CommandHandler, RpcServer
+from epm_service.secretbox import SecretBoxError
 from epm_service.settings import Settings
-from epm_service.streams import check_streams
+from epm_service.streams import MissingStreams, check_streams
 from epm_service.tls import TlsSettingsError
 from epm_service.worker import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+STARTUP_ERRORS: tuple[type[Exception], ...] = (
+    MissingStreams,
+    TlsSettingsError,
+    NatsSettingsError,
+    SecretBoxError,
+)
+"""What stops a process at start with one sentence that says what to do (``cannot start:
+...``, exit 1), not a traceback: each message names the setting or the step."""
+
+
+def settings_or_exit(service: str) -> Settings:
+    """The settings from ``EPM_*``, or ``cannot start: EPM_X: why`` and exit 1."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        setup_logging(service)
+        log.error("cannot start: %s", settings_problem(exc))
+        sys.exit(1)
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """Each invalid setting as its variable and the reason (never the value: it may be a
+    secret)."""
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    return "; ".join(
+        f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def exit_on_startup_error(exc: Exception) -> NoReturn:
+    log.error("cannot start: %s", exc)
+    sys.exit(1)
 
 
 class Worker(Protocol):
@@ -144,7 +180,7 @@ async def start_service(defn: ServiceDefinition, settings: Settings) -> RunningS
 
 async def run_service(defn: ServiceDefinition, settings: Settings | None = None) -> None:
     """Run until SIGTERM/SIGINT; health on ``EPM_HEALTH_PORT``."""
-    settings = settings or Settings()
+    settings = settings or settings_or_exit(defn.name)
     setup_logging(defn.name, settings.log_level)
     tune_gc()  # before start-up too: a projection rebuilt there is the heaviest work of all
     running = await start_service(defn, settings)
@@ -201,13 +237,13 @@ def tune_gc() -> None:
 
 
 def main(defn: ServiceDefinition) -> None:
+    settings = settings_or_exit(defn.name)
     try:
         try:
             import uvloop
 
-            uvloop.run(run_service(defn))
+            uvloop.run(run_service(defn, settings))
         except ImportError:  # pragma: no cover
-            asyncio.run(run_service(defn))
-    except TlsSettingsError as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+            asyncio.run(run_service(defn, settings))
+    except STARTUP_ERRORS as exc:
+        exit_on_startup_error(exc)

@@ -22,12 +22,17 @@ from typing import Any
 
 import uvicorn
 from epm_service.jsonlog import setup_logging
-from epm_service.runtime import RunningService, ServiceDefinition, start_service
+from epm_service.runtime import (
+    STARTUP_ERRORS,
+    RunningService,
+    ServiceDefinition,
+    exit_on_startup_error,
+    settings_or_exit,
+    start_service,
+)
 from epm_service.settings import Settings
-from epm_service.streams import MissingStreams
 from epm_service.tls import (
     CertificateReload,
-    TlsSettingsError,
     https_files,
     reload_certificates,
 )
@@ -110,13 +115,12 @@ async def serve(settings: Settings) -> None:
 
 
 def run() -> None:
-    settings = Settings()
+    settings = settings_or_exit(NAME)
     setup_logging(NAME, settings.log_level)
     try:
         _run_loop(serve(settings))
-    except (MissingStreams, TlsSettingsError) as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    except STARTUP_ERRORS as exc:
+        exit_on_startup_error(exc)
     except OSError as exc:
         log.error("cannot reach NATS at %s: %s", settings.nats_url, exc)
         sys.exit(1)
