@@ -304,6 +304,16 @@ async def test_metrics_are_served(gw: Gateway) -> None:
     assert "epm_gateway_http_requests_total" in r.text
 
 
+async def test_metrics_and_readiness_are_not_answered_through_a_proxy(gw: Gateway) -> None:
+    """The Ingress adds X-Forwarded-For: what comes through it is the internet's."""
+    for headers in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}):
+        for path in ("/metrics", "/readyz"):
+            r = await gw.client.get(path, headers=headers)
+            assert r.status_code == 404, (path, headers)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        assert (await gw.client.get("/healthz", headers=headers)).status_code == 200
+
+
 async def test_contracts_are_served(gw: Gateway) -> None:
     openapi = (await gw.client.get("/openapi.json")).json()
     assert {"/v1/tenants", "/v1/tokens", "/v1/tokens/{token_id}"} <= set(openapi["paths"])

@@ -317,6 +317,10 @@ def test_prod_adds_ingress_monitoring_and_autoscaling() -> None:
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "nats-jetstream"
     assert trigger["metadata"]["stream"] == "EPM_AGENT"
+    # KEDA asks each consumer leader at <server_name>.<endpoint>: the headless Service's
+    # names; and the account is named by its key in operator mode, never $G
+    assert trigger["metadata"]["natsServerMonitoringEndpoint"].startswith("epm-nats-headless.")
+    assert trigger["metadata"]["account"] != "$G"
     # KEDA must be allowed to read the lag from the monitoring port
     keda = one(docs, "NetworkPolicy", "epm-allow-keda-nats-monitoring")
     assert keda["spec"]["ingress"][0]["ports"][0]["port"] == 8222
@@ -325,9 +329,15 @@ def test_prod_adds_ingress_monitoring_and_autoscaling() -> None:
 def test_projection_owners_build_their_own_copy_per_replica() -> None:
     """Each replica replays the streams into its own emptyDir and only then turns ready."""
     docs = rendered("overlays/prod")
+    scaled = {
+        s["spec"]["scaleTargetRef"]["name"]: s["spec"]["minReplicaCount"]
+        for s in of_kind(docs, "ScaledObject")
+    }
     for name in SERVICES:
         deploy = one(docs, "Deployment", f"epm-{name}")
-        assert deploy["spec"]["replicas"] >= 2, name
+        # KEDA's minimum where it scales the Deployment (a count would fight it at each apply)
+        replicas = scaled.get(deploy["metadata"]["name"]) or deploy["spec"]["replicas"]
+        assert replicas >= 2, name
         rolling = deploy["spec"]["strategy"]["rollingUpdate"]
         assert rolling["maxUnavailable"] == 0, name
         pod = deploy["spec"]["template"]["spec"]
@@ -344,3 +354,31 @@ def test_components_are_kustomize_components() -> None:
     for component in (K8S / "components").iterdir():
         text = (component / "kustomization.yaml").read_text()
         assert "kind: Component" in text, component.name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_nats_go_memory_limit_leaves_a_tenth_below_the_container_limit(target: str) -> None:
+    nats = one(rendered(target), "StatefulSet", "epm-nats")["spec"]["template"]["spec"]
+    container = next(c for c in nats["containers"] if c["name"] == "nats")
+    env = {e["name"]: e for e in container["env"]}
+    mib = {"Mi": 1, "Gi": 1024}
+    limit = container["resources"]["limits"]["memory"]
+    limit_mib = int(limit[:-2]) * mib[limit[-2:]]
+    soft = env["GOMEMLIMIT"]["value"]
+    assert soft.endswith("MiB")
+    assert 0.85 * limit_mib <= int(soft[:-3]) <= 0.92 * limit_mib, (soft, limit)
+
+
+def test_behind_the_ingress_the_gateway_takes_its_controller_and_trusts_its_header() -> None:
+    """Rate limits are per client: the controller's X-Forwarded-For names it, and only the
+    controller can connect, so the header cannot be forged from inside the cluster."""
+    docs = rendered("overlays/prod")
+    [rule] = one(docs, "NetworkPolicy", "epm-gateway-ingress")["spec"]["ingress"]
+    [source] = rule["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+    config = next(
+        d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("epm-config")
+    )
+    assert config["data"]["FORWARDED_ALLOW_IPS"] == "*"

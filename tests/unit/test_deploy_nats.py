@@ -127,18 +127,16 @@ def test_lame_duck_ends_before_kubernetes_kills_the_server(path: Path) -> None:
     assert "pid_file: /var/run/nats/nats.pid" in text
 
 
-def test_the_agent_nats_component_renders_on_prod(tmp_path: Path) -> None:
-    """components/agent-nats is not on by default; it must still render on top of prod."""
-    here = Path(os.path.relpath(K8S, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(
-        "resources:\n"
-        f"  - {here / 'overlays' / 'prod'}\n"
-        "components:\n"
-        f"  - {here / 'components' / 'agent-nats'}\n"
-    )
+def test_prod_lets_agents_reach_nats_at_the_public_address() -> None:
+    """Agents outside the cluster publish to NATS: prod opens it to them (operator mode and
+    TLS guard it) and tells them where it is, not the in-cluster name."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(K8S / "overlays" / "prod")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "name: epm-nats-agents" in result.stdout
     assert "type: LoadBalancer" in result.stdout
+    assert "EPM_PUBLIC_NATS_URL: tls://" in result.stdout

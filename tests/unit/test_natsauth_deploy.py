@@ -119,6 +119,7 @@ def test_nats_auth_init_writes_the_files_once_and_keeps_the_keys(tmp_path: Path)
     listed = orjson.loads(first.output)["files"]
     assert "keys.json" in listed and "resolver.conf" in listed and "admin.creds" in listed
     account = AuthKeys.load(out / "keys.json").account.public
+    assert orjson.loads(first.output)["account"] == account  # what KEDA's ScaledObject names
     again = CliRunner().invoke(app, ["nats-auth", "init", "--out", str(out), "--json"])
     assert again.exit_code == 0, again.output
     assert AuthKeys.load(out / "keys.json").account.public == account

@@ -106,10 +106,13 @@ def init(
     """
     files = write_auth_files(out.resolve(), resolver_dir)
     written = sorted(p.name for p in files.root.iterdir() if not p.name.startswith("."))
+    account = AuthKeys.load(files.keys).account.public
     emit(
-        {"dir": str(files.root), "files": written},
+        {"dir": str(files.root), "files": written, "account": account},
         as_json,
         f"wrote {', '.join(written)} in {files.root}\n"
+        f"EPM account: {account} (KEDA's ScaledObject and the nats CLI name it; "
+        "deploy/README.md, 'Scale')\n"
         "Load them into Secrets: see deploy/README.md, 'NATS authentication'. "
         f"Keep {KEYS} in your secret manager, not in the cluster.",
     )

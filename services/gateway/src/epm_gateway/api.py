@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from epm_events.asyncapi import asyncapi_document
 from epm_events.streams import ALL_STREAMS
-from epm_service.errors import Forbidden, Invalid
+from epm_service.errors import Forbidden, Invalid, NotFound
 from epm_service.principal import Principal, Role
 from epm_service.projection import Projector
 from epm_service.rpc import call
@@ -179,6 +179,17 @@ def decode_cursor(cursor: str) -> str:
 # --- the app ------------------------------------------------------------------------
 
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def not_through_a_proxy(request: Request) -> None:
+    """Readiness and metrics are for the cluster (the kubelet, Prometheus at the pod), not
+    for whoever reaches the gateway through the Ingress: internal figures, and a readiness
+    check costs NATS look-ups. A request a proxy forwarded gets 404."""
+    if any(h in request.headers for h in PROXY_HEADERS):
+        raise NotFound("no such resource here; operations endpoints answer inside the cluster")
+
+
 def create_app(service: RunningService) -> FastAPI:
     app = FastAPI(
         title="EPM gateway",
@@ -219,9 +230,15 @@ def create_app(service: RunningService) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "not ready"}},
+        dependencies=[Depends(not_through_a_proxy)],
+    )
     async def readyz(svc: Service) -> JSONResponse:
-        """Readiness: connected to NATS, the streams exist, projections caught up."""
+        """Readiness: connected to NATS, the streams exist, projections caught up (the
+        kubelet's probe; not answered through a proxy)."""
         ok, reason = svc.ready()
         if ok:
             try:
@@ -234,8 +251,14 @@ def create_app(service: RunningService) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[Depends(not_through_a_proxy)],
+    )
     async def metrics() -> Response:
+        """Prometheus, scraping the pod itself; not answered through a proxy."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/asyncapi.json", tags=["contracts"])
