@@ -292,7 +292,7 @@ async def test_a_rule_lost_between_decision_and_rule_is_created_later_exactly_on
             await ask(
                 bus,
                 "decide",
-                ACME_TECH,
+                ACME_ADMIN,  # a rule writer: may edit the rule's match
                 request_id=request_id,
                 decision="deny",
                 scope="tenant",
@@ -456,6 +456,53 @@ async def test_rule_that_matches_everything_is_refused(bus: Bus, approval: Runni
         bus, "create_rule", ACME_ADMIN, tenant="acme", name="all", effect="allow", match={}
     )
     assert err.status == 422 and "at least one" in err.detail
+
+
+async def test_rule_that_matches_everything_by_wildcards_is_refused(
+    bus: Bus, approval: RunningService
+) -> None:
+    err = await refused(
+        bus,
+        "create_rule",
+        ACME_ADMIN,
+        tenant="acme",
+        name="all",
+        effect="allow",
+        match={"path": "*", "publisher": "?*"},
+    )
+    assert err.status == 422 and "more than wildcards" in err.detail
+
+
+async def test_a_tenant_technicians_decision_creates_the_prefilled_rule_not_a_wider_one(
+    bus: Bus, approval: RunningService
+) -> None:
+    """A tenant technician may not write rules: a decision's rule is the request's draft,
+    renamed or narrowed at most. {"path": "*"} used to approve anything anyone ran."""
+    request_id, _ = await open_request(bus)
+    err = await refused(
+        bus,
+        "decide",
+        ACME_TECH,
+        request_id=request_id,
+        decision="approve",
+        scope="tenant",
+        rule={"path": "*"},
+    )
+    assert err.status == 403 and "not change or drop what the request gave" in err.detail
+    draft = (await ask(bus, "rule_draft", ACME_TECH, request_id=request_id))["match"]
+    decided = await ask(
+        bus,
+        "decide",
+        ACME_TECH,
+        request_id=request_id,
+        decision="approve",
+        scope="tenant",
+        rule_name="Setup",
+        rule={**draft, "file_name": "setup.exe"},
+    )
+    [rule] = (await ask(bus, "list_rules", ACME_TECH, tenant="acme"))["items"]
+    assert (rule["id"], rule["name"]) == (decided["rule_id"], "Setup")
+    assert rule["match"] == {**draft, "file_name": "setup.exe"}
 
 
 async def test_rule_permissions_follow_the_role_table(bus: Bus, approval: RunningService) -> None:

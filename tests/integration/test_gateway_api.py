@@ -420,3 +420,20 @@ async def test_replicas_answer_alike_right_after_each_others_writes(
     info = await bus.js.stream_info(EVENTS.name)
     boot = f"epm.evt._global.token.{bootstrap_token_id(hash_token(admin))}.TokenIssued"
     assert (await bus.js.get_msg(EVENTS.name, info.state.first_seq)).subject == boot
+
+
+async def test_a_rules_tenant_or_scope_in_the_body_is_refused_not_ignored(gw: Gateway) -> None:
+    """POST /v1/rules with "tenant" used to create a rule for all customers."""
+    rule = {"name": "g", "effect": "allow", "match": {"publisher": "Contoso"}}
+    for path, extra in (
+        ("/v1/rules", {"tenant": "acme"}),
+        ("/v1/tenants/acme/rules", {"scope": "global"}),
+    ):
+        problem = assert_problem(await gw.post(path, {**rule, **extra}), 422)
+        assert "come from the path" in str(problem)
+
+
+async def test_a_misspelt_decision_field_is_refused_not_ignored(gw: Gateway) -> None:
+    body = {"decision": "approve", "scope": "tenant", "rule_nmae": "Contoso"}
+    problem = assert_problem(await gw.post("/v1/requests/req-1/decision", body), 422)
+    assert "rule_nmae" in str(problem)

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from epm_approval import access
 from epm_approval.decisions import rule_from_decision
+from epm_approval.rule_admin import require_match
 from epm_domain.request import Request, decide, evolve
-from epm_events.catalog import Actor, AppInfo, RequestCreated
+from epm_events.catalog import Actor, AppInfo, RequestCreated, RuleMatch
 from epm_events.ids import GLOBAL_TENANT
 from epm_service.errors import Forbidden, Invalid, NotFound
 from epm_service.principal import Principal
@@ -71,7 +72,7 @@ def test_rule_writers_follow_the_role_table() -> None:
 
 
 def test_a_decisions_rule_is_drafted_from_the_request_without_the_users_path() -> None:
-    name, match = rule_from_decision(request(), {})
+    name, match = rule_from_decision(request(), {}, may_edit_match=False)
     assert name == "Contoso Setup (from request req-1)"
     assert match.model_dump(exclude_none=True) == {
         "sha256": "a" * 64,
@@ -80,17 +81,41 @@ def test_a_decisions_rule_is_drafted_from_the_request_without_the_users_path() -
     }
 
 
-def test_a_technicians_edits_replace_the_draft() -> None:
+def test_a_rule_writers_edits_replace_the_draft() -> None:
     name, match = rule_from_decision(
-        request(), {"rule_name": "Contoso", "rule": {"publisher": "Contoso", "file_name": "*.exe"}}
+        request(),
+        {"rule_name": "Contoso", "rule": {"publisher": "Contoso", "file_name": "*.exe"}},
+        may_edit_match=True,
     )
     assert (name, match.publisher, match.sha256) == ("Contoso", "Contoso", None)
-    name, match = rule_from_decision(request(), {"rule": {"name": "N", "match": {"app_name": "A"}}})
+    name, match = rule_from_decision(
+        request(), {"rule": {"name": "N", "match": {"app_name": "A"}}}, may_edit_match=True
+    )
     assert (name, match.app_name) == ("N", "A")
     with pytest.raises(Invalid):
-        rule_from_decision(request(), {"rule": {}})
+        rule_from_decision(request(), {"rule": {}}, may_edit_match=True)
     with pytest.raises(Invalid):
-        rule_from_decision(request(), {"rule": {"sha256": "not-a-hash"}})
+        rule_from_decision(request(), {"rule": {"sha256": "not-a-hash"}}, may_edit_match=True)
+
+
+def test_a_tenant_technician_may_rename_and_narrow_the_draft_never_widen_it() -> None:
+    draft = {"sha256": "a" * 64, "publisher": "Contoso", "app_name": "Contoso Setup"}
+    name, match = rule_from_decision(
+        request(),
+        {"rule_name": "Setup", "rule": {**draft, "file_name": "setup.exe"}},
+        may_edit_match=False,
+    )
+    assert (name, match.file_name, match.sha256) == ("Setup", "setup.exe", "a" * 64)
+    for widened in ({"path": "*"}, {**draft, "publisher": "*"}, {"sha256": "a" * 64}):
+        with pytest.raises(Forbidden, match="not change or drop what the request gave"):
+            rule_from_decision(request(), {"rule": widened}, may_edit_match=False)
+
+
+def test_a_rule_that_matches_everything_is_refused_even_with_wildcards() -> None:
+    for everything in ({"path": "*"}, {"publisher": "?*"}, {"file_name": "**", "path": "*"}):
+        with pytest.raises(Invalid, match="more than wildcards"):
+            require_match(RuleMatch(**everything))
+    require_match(RuleMatch(path="C:\\Apps\\*"))
 
 
 def test_answers_name_who_decided_the_same_from_the_state_and_from_the_event() -> None:

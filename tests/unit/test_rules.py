@@ -113,3 +113,17 @@ def test_draft_uses_sha_publisher_and_app_name_not_the_path() -> None:
     d = draft_from_request(app())
     assert d.sha256 == SHA_A and d.publisher == "Contoso Ltd" and d.app_name == "Contoso Setup"
     assert d.path is None and d.file_name is None
+
+
+def test_only_star_and_question_mark_are_wildcards_brackets_match_themselves() -> None:
+    index = RuleIndex()
+    index.add(rule("r1", "allow", path="C:\\Apps [x86]\\tool.exe"))
+    assert index.evaluate("acme", app(path="C:\\Apps [x86]\\tool.exe")) is not None
+    assert index.evaluate("acme", app(path="C:\\Apps x\\tool.exe")) is None
+
+
+def test_a_wildcard_does_not_match_an_attribute_the_application_lacks() -> None:
+    index = RuleIndex()
+    index.add(rule("r1", "allow", publisher="*", file_name="setup.exe"))
+    assert index.evaluate("acme", app(file_name="setup.exe", publisher="Contoso")) is not None
+    assert index.evaluate("acme", app(file_name="setup.exe", publisher="")) is None  # unsigned

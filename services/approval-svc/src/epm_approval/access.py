@@ -38,6 +38,11 @@ def require_rule_reader(principal: Principal) -> None:
         raise Forbidden("integrator tokens may read events and audit records only, not rules")
 
 
+def may_write_rules(principal: Principal) -> bool:
+    """Whether the principal may write rules of its own scope (so, edit a decision's)."""
+    return principal.role in TENANT_RULE_WRITERS
+
+
 def require_rule_writer(principal: Principal, tenant: str) -> None:
     """Tenant rules: tenant admins and MSP roles; global rules: MSP roles only."""
     if tenant == GLOBAL_TENANT:

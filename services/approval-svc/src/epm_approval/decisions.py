@@ -43,7 +43,7 @@ from epm_events.subjects import (
     UNDECIDED_NOTICE,
     aggregate_filter,
 )
-from epm_service.errors import Conflict, Invalid, NotFound
+from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
 from epm_service.principal import Principal
 from epm_service.projection import StoredMsg
 from epm_service.publisher import Appended, ConcurrencyConflict
@@ -186,7 +186,9 @@ class Decisions:
         access.require_decider(principal, scope)
         new_rule = None
         if scope != "once":
-            new_rule = rule_from_decision(request, args)
+            new_rule = rule_from_decision(
+                request, args, may_edit_match=access.may_write_rules(principal)
+            )
         by = Actor(kind="technician", id=principal.actor)
         rule_id = new_id("rule") if new_rule else None
         rule_tenant = GLOBAL_TENANT if scope == "global" else request.tenant
@@ -311,13 +313,20 @@ def _scope(value: str) -> Scope:
     return "tenant" if value == "tenant" else "global"
 
 
-def rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, RuleMatch]:
+def rule_from_decision(
+    request: Request, args: dict[str, Any], *, may_edit_match: bool
+) -> tuple[str, RuleMatch]:
     """Name and match of the rule a tenant/global decision creates: the technician's edits,
-    else the draft from the request (SHA-256, publisher, app name; never the user's path)."""
+    else the draft from the request (SHA-256, publisher, app name; never the user's path).
+
+    Who may not write rules (a tenant technician) may rename the draft and narrow it with
+    more fields, never widen or change it: the rule their decision creates is the one
+    DESIGN.md pre-fills from the request ("name editable")."""
     given = args.get("rule")
     name = args.get("rule_name")
+    draft = draft_from_request(request.app)
     if given is None:
-        match = draft_from_request(request.app)
+        match = draft
     else:
         if not isinstance(given, dict):
             raise Invalid("'rule' must be an object: a rule match, or a rule with a 'match'")
@@ -325,6 +334,15 @@ def rule_from_decision(request: Request, args: dict[str, Any]) -> tuple[str, Rul
             name = name or given.get("name")
             given = given["match"]
         match = model(RuleMatch, given, "rule match")
+        changed = [
+            f for f, v in draft.model_dump(exclude_none=True).items() if getattr(match, f) != v
+        ]
+        if changed and not may_edit_match:
+            raise Forbidden(
+                "your role may rename the rule a decision creates and add fields to it, not "
+                f"change or drop what the request gave ({', '.join(changed)}); leave "
+                "'rule' out for the pre-filled rule, or ask a tenant admin for another rule"
+            )
     require_match(match)
     if name is None:
         name = default_rule_name(request)

@@ -22,7 +22,7 @@ from epm_approval import access
 from epm_approval.arguments import choice, integer, model, text
 from epm_approval.context import Approval
 from epm_approval.history import read_events
-from epm_approval.rules import FIELDS, Rule
+from epm_approval.rules import FIELDS, Rule, has_literal
 from epm_approval.view import RuleRow, find_rule, list_rules
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,12 @@ MAX_PAGE = 500
 
 
 def require_match(match: RuleMatch) -> None:
-    if not any(getattr(match, f) for f in FIELDS):
+    """At least one field with something to match besides wildcards: ``*`` or ``?*`` alone
+    would match every application (``{"path": "*"}`` approving anything anyone runs)."""
+    if not any(has_literal(getattr(match, f)) for f in FIELDS):
         raise Invalid(
-            "a rule must match on at least one of: " + ", ".join(FIELDS) + " (a rule that "
-            "matches everything is not allowed)"
+            "a rule must match on at least one of: " + ", ".join(FIELDS) + " with more than "
+            "wildcards (a rule that matches everything is not allowed)"
         )
 
 

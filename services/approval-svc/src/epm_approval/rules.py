@@ -11,7 +11,6 @@ part to file them under. Pure: no I/O, tested with nothing but Python.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -22,7 +21,19 @@ from epm_events.ids import GLOBAL_TENANT
 
 # Most selective first: a SHA-256 names one binary, a path one place.
 FIELDS: tuple[str, ...] = ("sha256", "file_name", "app_name", "publisher", "path")
-_WILDCARD = re.compile(r"[*?\[]")
+_WILDCARD = re.compile(r"[*?]")
+"""Only ``*`` and ``?`` are wildcards; every other character matches itself (a path such as
+``C:\\Apps [x86]\\tool.exe`` means what it says, unlike fnmatch's ``[...]`` classes)."""
+
+
+def has_literal(value: str | None) -> bool:
+    """Whether a rule field asks for something: a value with a character besides wildcards."""
+    return bool(value) and _WILDCARD.sub("", value or "") != ""
+
+
+def _translate(pattern: str) -> re.Pattern[str]:
+    parts = (".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.compile("".join(parts), re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,12 @@ class _Compiled:
         for name, want in self.exact:
             if values[name] != want:
                 return False
-        return all(pattern.fullmatch(values[name]) is not None for name, pattern in self.patterns)
+        # a pattern asks for a value: an application without one (an unsigned binary has no
+        # publisher) is not matched by "*"
+        return all(
+            values[name] != "" and pattern.fullmatch(values[name]) is not None
+            for name, pattern in self.patterns
+        )
 
 
 def _compile(rule: Rule) -> _Compiled:
@@ -71,7 +87,7 @@ def _compile(rule: Rule) -> _Compiled:
             continue
         value = _norm(value)
         if _WILDCARD.search(value):
-            patterns.append((name, re.compile(fnmatch.translate(value), re.DOTALL)))
+            patterns.append((name, _translate(value)))
         else:
             exact.append((name, value))
     return _Compiled(rule, tuple(exact), tuple(patterns))
@@ -87,7 +103,7 @@ def _literal_prefix(pattern: str) -> str:
 
 
 def _literal_suffix(pattern: str) -> str:
-    cut = max(pattern.rfind(ch) for ch in "*?[]")
+    cut = max(pattern.rfind(ch) for ch in "*?")
     return pattern[cut + 1 :]
 
 

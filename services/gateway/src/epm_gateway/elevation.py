@@ -14,7 +14,7 @@ from epm_service.principal import Principal
 from epm_service.rpc import call
 from epm_service.runtime import RunningService
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from epm_gateway.api import Caller, Service
 
@@ -56,6 +56,8 @@ class EnrollIn(BaseModel):
 
 
 class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
     decision: Literal["approve", "deny"]
     scope: Literal["once", "tenant", "global"]
     rule_name: str | None = Field(default=None, max_length=200)
@@ -64,9 +66,24 @@ class DecisionIn(BaseModel):
 
 
 class RuleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=200)
     effect: Literal["allow", "deny"]
     match: RuleMatch
+
+    @model_validator(mode="before")
+    @classmethod
+    def _where_from_the_path(cls, data: Any) -> Any:
+        """A rule's tenant and scope come from the path it is posted to: ignoring them in
+        the body would turn a rule meant for one customer into one for all."""
+        if isinstance(data, dict) and ({"tenant", "scope"} & data.keys()):
+            raise ValueError(
+                "a rule's tenant and scope come from the path: POST /v1/tenants/{tenant}/rules "
+                "for a tenant's rule, POST /v1/rules for all customers; leave 'tenant' and "
+                "'scope' out of the body"
+            )
+        return data
 
 
 # --- enrollment and devices -----------------------------------------------------------
