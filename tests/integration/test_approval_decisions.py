@@ -505,6 +505,19 @@ async def test_a_tenant_technicians_decision_creates_the_prefilled_rule_not_a_wi
     assert rule["match"] == {**draft, "file_name": "setup.exe"}
 
 
+async def test_a_late_rule_decision_gets_409_and_proposes_no_rule(
+    bus: Bus, approval: RunningService
+) -> None:
+    """A decision on a decided request used to leave a RuleProposed in the stream for good."""
+    request_id, _ = await open_request(bus)
+    await ask(bus, "decide", ACME_TECH, request_id=request_id, decision="approve", scope="once")
+    for scope, who in (("tenant", ACME_TECH), ("global", MSP_TECH)):
+        err = await refused(bus, "decide", who, request_id=request_id, decision="deny", scope=scope)
+        assert err.status == 409
+    info = await bus.js.stream_info("EPM_EVENTS", subjects_filter=event_type_filter("RuleProposed"))
+    assert not info.state.subjects
+
+
 async def test_rule_permissions_follow_the_role_table(bus: Bus, approval: RunningService) -> None:
     args = {"name": "x", "effect": "allow", "match": {"sha256": SHA_TOOL}}
     assert (await refused(bus, "create_rule", ACME_TECH, tenant="acme", **args)).status == 403

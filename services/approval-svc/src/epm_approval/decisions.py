@@ -193,6 +193,25 @@ class Decisions:
         rule_id = new_id("rule") if new_rule else None
         rule_tenant = GLOBAL_TENANT if scope == "global" else request.tenant
         if new_rule is not None and rule_id is not None:
+            # A decision that cannot stand (decided or expired, maybe by another replica
+            # a moment ago) must not leave a proposal behind: judge it on the stream's own
+            # state first. Only a decision racing another within milliseconds still can.
+            fresh, fresh_seq = await load_request(self.a.js, request.id, request.tenant)
+            if fresh is not None:
+                request, last_seq = fresh, fresh_seq
+            try:
+                decide_request(
+                    request,
+                    decision=decision,
+                    scope=scope,
+                    by=by,
+                    now=datetime.now(UTC),
+                    rule_id=rule_id,
+                    grant_id=None,
+                    reason=reason,
+                )
+            except RequestError as exc:
+                raise Conflict(str(exc), extra={"reason": exc.reason}) from None
             # Before the decision: once the decision stands, the rule it owes is on record
             # exactly as the technician left it (epm_approval.owed_rules).
             name, match = new_rule
