@@ -74,3 +74,41 @@ def test_a_second_request_created_under_the_same_id_is_written_the_general_way()
     status, last_seq, state = row(conn)
     assert (status, last_seq) == ("open", 3)
     assert request_from_json(state).reason == "again"
+
+
+def test_a_device_with_any_open_request_comes_first_in_the_help_desks_list() -> None:
+    """A later request decided by a rule used to hide an earlier open one (the flag looked
+    at the device's last request only); revoked devices come last."""
+    from epm_domain.request import create
+    from epm_events.catalog import Actor, Approved
+    from epm_request.store import list_devices
+
+    from tests.request_events import APP, NOW
+
+    conn = fresh()
+    for device, hostname, revoked in (("dev-2", "a-host", 0), ("dev-3", "b-host", 1)):
+        conn.execute(
+            "INSERT INTO devices (id, tenant, hostname, public_key, enrollment_id, key_version,"
+            " enrolled_at, revoked, last_seq) VALUES (?, 'acme', ?, 'k', 'e', 1, 'x', ?, 0)",
+            (device, hostname, revoked),
+        )
+    later = create(
+        request_id="req-2",
+        device_id="dev-1",
+        user="ann",
+        app=APP,
+        reason="r",
+        now=NOW,
+        ttl=CREATED.expires_at - CREATED.created_at,
+    )
+    by_rule = Approved(
+        request_id="req-2", scope="tenant", by=Actor(kind="rule", id="r-1"), rule_id="r-1"
+    )
+    apply(conn, [stored(1, CREATED), stored(2, later), stored(3, by_rule)])
+    listed = list_devices(conn, "acme", offline_open=False)
+    assert [(d["device_id"], d["offline_open"]) for d in listed] == [
+        ("dev-1", True),  # req-1 still open, though req-2 (its last) was approved
+        ("dev-2", False),
+        ("dev-3", False),  # revoked: last
+    ]
+    assert [d["device_id"] for d in list_devices(conn, "acme", offline_open=True)] == ["dev-1"]

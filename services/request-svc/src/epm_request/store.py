@@ -595,11 +595,14 @@ def get_enrollment_token(conn: sqlite3.Connection, token_hash: str) -> Enrollmen
 
 
 def list_devices(conn: sqlite3.Connection, tenant: str, offline_open: bool) -> list[dict[str, Any]]:
+    # A device with any open request comes first (not only when its last request is open:
+    # a later one decided by a rule hid an earlier open one); revoked devices last.
     rows = conn.execute(
-        "SELECT d.id, d.hostname, d.revoked, d.enrolled_at, r.status, d.last_request_id"
-        " FROM devices d LEFT JOIN requests r ON r.id = d.last_request_id"
-        " WHERE d.tenant = ? ORDER BY (r.status = 'open') DESC, d.hostname, d.id",
-        (tenant,),
+        "SELECT d.id, d.hostname, d.revoked, d.enrolled_at, o.device_id IS NOT NULL,"
+        " d.last_request_id FROM devices d LEFT JOIN (SELECT DISTINCT device_id FROM requests"
+        " WHERE tenant = ? AND status = 'open') o ON o.device_id = d.id"
+        " WHERE d.tenant = ? ORDER BY 5 DESC, d.revoked, d.hostname, d.id",
+        (tenant, tenant),
     ).fetchall()
     items = [
         {
@@ -609,7 +612,7 @@ def list_devices(conn: sqlite3.Connection, tenant: str, offline_open: bool) -> l
             "hostname": r[1],
             "revoked": bool(r[2]),
             "enrolled_at": r[3],
-            "offline_open": r[4] == "open",
+            "offline_open": bool(r[4]),
             "last_request_id": r[5],
         }
         for r in rows
