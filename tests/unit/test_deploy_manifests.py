@@ -382,3 +382,12 @@ def test_behind_the_ingress_the_gateway_takes_its_controller_and_trusts_its_head
         d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("epm-config")
     )
     assert config["data"]["FORWARDED_ALLOW_IPS"] == "*"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_notify_svc_takes_its_smtp_relay_from_an_optional_secret(target: str) -> None:
+    """The relay's URL carries its password: a Secret, optional (no e-mail without it)."""
+    notify = one(rendered(target), "Deployment", "epm-notify-svc")
+    env = {e["name"]: e for e in notify["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["EPM_SMTP_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("epm-smtp", "url", True)
