@@ -4,8 +4,11 @@ the deployed configuration leaves room for tens of thousands of revocations."""
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
+import pytest
 from epm_request.nats_credentials import account_jwt_problem
 from epm_service.natsauth import AuthKeys
 
@@ -38,3 +41,24 @@ def test_the_deployed_servers_take_an_account_jwt_revoking_ten_thousand_users() 
     for conf in (BASE_CONF, CLUSTER_CONF):
         limit = _max_payload(conf.read_text())
         assert account_jwt_problem(len(jwt), limit, len(users)) is None, conf
+
+
+async def test_operator_mode_without_an_issuer_is_logged_as_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request-svc with a NATS user of its own but no EPM_NATS_ISSUER would enroll devices
+    without NATS users and leave revoked ones connected: said at start, not silently."""
+    from epm_request.nats_credentials import DeviceCredentials
+    from epm_service.settings import Settings
+
+    creds = tmp_path / "request-svc.creds"
+    creds.write_text("creds")
+    settings = Settings(nats_creds=str(creds), data_dir=tmp_path)
+    with caplog.at_level(logging.ERROR):
+        await DeviceCredentials(settings, store=None).start()  # type: ignore[arg-type]
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "EPM_NATS_ISSUER is not set" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):  # an open server (epm dev without auth): nothing to say
+        await DeviceCredentials(Settings(data_dir=tmp_path), store=None).start()  # type: ignore[arg-type]
+    assert not caplog.records

@@ -111,6 +111,16 @@ class DeviceCredentials:
     async def start(self) -> None:
         if self.revokes:
             self._task = asyncio.create_task(self._run(), name="nats revocations")
+        elif self.settings.nats_creds:
+            # NATS in operator mode (this process has a user of its own), yet no issuer:
+            # enrolled devices would get no NATS user, and a revoked one would keep its own.
+            log.error(
+                "EPM_NATS_ISSUER is %s: devices enrolled now get no NATS credentials and "
+                "revoking a device does not revoke its NATS user; mount the issuer "
+                "'epm nats-auth init' writes for request-svc (deploy/README.md, "
+                "'NATS authentication')",
+                "not set" if self.issuer is None else "an issuer without revocation rights",
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
