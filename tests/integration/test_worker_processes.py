@@ -54,6 +54,17 @@ async def test_an_exception_in_a_job_is_raised_to_its_caller(workers: WorkerProc
     assert await workers.run(square, 3) == 9  # the worker goes on
 
 
+async def test_ctrl_c_leaves_the_workers_to_their_service(workers: WorkerProcesses) -> None:
+    """Ctrl-C reaches the whole process group; the service stops its workers itself, so a
+    worker neither dies of it nor prints a KeyboardInterrupt trace."""
+    await asyncio.gather(*(workers.run(square, n) for n in range(10)))  # both up and serving
+    pids = workers.pids
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    answers = await asyncio.gather(*(workers.run(whose, n) for n in range(10)))
+    assert {pid for pid, _ in answers} <= set(pids) and workers.pids == pids
+
+
 async def test_a_worker_killed_mid_job_fails_it_and_is_replaced() -> None:
     workers = WorkerProcesses(1, "test-worker")
     await workers.start()

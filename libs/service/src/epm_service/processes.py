@@ -69,6 +69,9 @@ class WorkerDied(RuntimeError):
 def _serve(conn: Connection, parent: int, initializer: Callable[[], None] | None) -> None:
     """A worker's life: run each job it is sent, answer (ok, result) or (error, exc)."""
     end_with_parent(parent, signal.SIGTERM)
+    # Ctrl-C reaches the whole process group: the parent stops its workers itself (closing
+    # their pipes), so a worker ignores it rather than die with a KeyboardInterrupt trace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer()
     while True:
