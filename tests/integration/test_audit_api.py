@@ -181,10 +181,15 @@ async def test_filters_and_paging(stack: Stack, bus: Bus) -> None:
     await eventually(lambda: stack.records(tenant="globex", type="ElevationPerformed"), timeout=20)
 
     by_device = await stack.records(tenant="acme", device="dev-acme-1")
-    assert [(r["type"], r["request"]) for r in by_device] == [("RequestCreated", "req-acme-1")]
+    assert [(r["type"], r["request"]) for r in by_device] == [
+        ("RequestCreated", "req-acme-1"),
+        ("Approved", "req-acme-1"),  # the decision, by its request's device
+    ]
     by_user = await stack.records(user="bob2")
     assert sorted((r["tenant"], r["type"]) for r in by_user) == [
+        ("acme", "Approved"),
         ("acme", "RequestCreated"),
+        ("globex", "Approved"),
         ("globex", "RequestCreated"),
     ]
     by_request = await stack.records(request="req-globex-0")
@@ -202,6 +207,54 @@ async def test_filters_and_paging(stack: Stack, bus: Bus) -> None:
 
     r = await stack.gw.get("/v1/audit", params={"cursor": "not-a-cursor"})
     assert "next_cursor" in assert_problem(r, 422)["detail"]
+
+
+async def test_decisions_are_found_by_their_requests_user_and_device_also_after_a_rebuild(
+    stack: Stack, bus: Bus
+) -> None:
+    await traffic(stack, bus)
+    await eventually(lambda: stack.records(tenant="globex", type="ElevationPerformed"), timeout=20)
+
+    async def answers() -> list[list[dict[str, Any]]]:
+        return [
+            await stack.records(type="Approved", user="bob1"),
+            await stack.records(tenant="acme", device="dev-acme-0"),
+        ]
+
+    approved, on_device = await answers()
+    assert [(r["tenant"], r["request"], r["user"], r["device"]) for r in approved] == [
+        ("acme", "req-acme-1", "bob1", "dev-acme-1"),
+        ("globex", "req-globex-1", "bob1", "dev-globex-1"),
+    ]
+    assert approved[0]["actor"] == {"kind": "technician", "id": "tenant_technician:alice"}
+    assert [(r["type"], r.get("request")) for r in on_device] == [
+        ("RequestCreated", "req-acme-0"),
+        ("Approved", "req-acme-0"),
+        ("RequestCreated", "req-acme-2"),
+        ("Approved", "req-acme-2"),
+        ("ElevationPerformed", None),
+    ]
+    lines = await stack.export(tenant="acme")  # export lines stay the record's own
+    assert verify_lines(lines, await stack.keys()).ok
+    exported = next(orjson.loads(line) for line in lines if b'"type":"Approved"' in line)
+    assert "user" not in exported
+
+    await stack.stop_audit()
+    for f in stack.db.parent.glob(f"{stack.db.name}*"):
+        f.unlink()
+    await stack.start_audit()
+
+    async def same_answers() -> bool:
+        return await answers() == [approved, on_device]
+
+    assert await eventually(same_answers, timeout=20)
+
+
+async def test_an_unknown_type_is_refused_naming_the_event_types(stack: Stack) -> None:
+    r = await stack.gw.get("/v1/audit", params={"type": "NoSuchType"})
+    detail = assert_problem(r, 422)["detail"]
+    assert "'NoSuchType' is not an event type" in detail
+    assert "Approved" in detail and "RequestCreated" in detail
 
 
 async def test_tenant_roles_see_their_tenant_only(stack: Stack, bus: Bus) -> None:

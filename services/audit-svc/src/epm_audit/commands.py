@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 from datetime import datetime
 from typing import Any
 
 import orjson
+from epm_events.catalog import EVENT_TYPES
 from epm_events.ids import GLOBAL_TENANT, validate_tenant
 from epm_service.errors import Invalid, NotFound
 from epm_service.principal import Principal
@@ -90,6 +92,17 @@ def decode_cursor(cursor: str) -> int:
     )
 
 
+def check_type(name: str | None) -> None:
+    """Invalid, naming the event types, unless ``name`` is one: a typo in a filter must not
+    pass for an empty trail."""
+    if name is None or name in EVENT_TYPES:
+        return
+    close = difflib.get_close_matches(name, EVENT_TYPES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    known = ", ".join(sorted(EVENT_TYPES))
+    raise Invalid(f"type: {name!r} is not an event type{hint}; the types are {known}")
+
+
 def _ns(when: datetime | None, name: str) -> int | None:
     if when is None:
         return None
@@ -122,6 +135,7 @@ class AuditCommands:
 
     async def list(self, args: dict[str, Any], who: Principal) -> dict[str, Any]:
         a: ListArgs = parse(ListArgs, args)
+        check_type(a.type)
         f = AuditFilter(
             tenant=await self.scope(who, a.tenant),
             type=a.type,

@@ -9,6 +9,9 @@ cursor to go on from.
 Filters on the device, user and request live inside the events: SQLite first
 keeps the rows whose stored bytes contain the value as JSON writes it
 (``instr``, no parsing), then each candidate is parsed and matched exactly.
+A record about a request is read together with its request's RequestCreated
+(``audit_requests``, by subject stem: two primary-key lookups), whose user and
+device it shows and is found by where it names none itself (a decision).
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ from epm_audit.chain import AuditRecord, ChainHead
 from epm_audit.checkpoint import CHECKPOINT, KEY_CREATED
 from epm_audit.trail import COLUMNS, chain_heads
 from epm_audit.verify import TrailVerdict, TrailVerifier
-from epm_audit.view import facts_of, line_of, parse_event
+from epm_audit.view import about_request, facts_of, line_of, parse_event
 
 PAGE_BYTES = 512 * 1024
 """Most bytes of records per answer: half the NATS payload limit, room for JSON escaping."""
 SCAN_ROWS = 20_000
 """Most rows a filtered page reads before it answers with what it found."""
 FETCH = 500
+LIST_COLUMNS = ", ".join(f"r.{c.strip()}" for c in COLUMNS.split(",")) + ", c.event"
+WITH_REQUEST = (
+    "audit_records r "
+    # the request's RequestCreated: its stem is the record's subject without the type
+    "LEFT JOIN audit_requests q ON q.stem = substr(r.subject, 1, length(r.subject) - length(r.type)) "
+    "LEFT JOIN audit_records c ON c.seq = q.seq AND c.seq != r.seq"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,27 @@ def _rows(conn: sqlite3.Connection, where: list[str], params: list[Any]) -> Iter
         after = rows[-1][0]
 
 
+def _rows_with_request(
+    conn: sqlite3.Connection, where: list[str], params: list[Any]
+) -> Iterator[tuple[AuditRecord, bytes | None]]:
+    """Like ``_rows``, each record with the stored RequestCreated of its request (None: not
+    about a request, the RequestCreated itself, or a request whose creation is not in)."""
+    after = params[0]
+    while True:
+        cur = conn.execute(
+            f"SELECT {LIST_COLUMNS} FROM {WITH_REQUEST} WHERE {' AND '.join(where)} "
+            f"ORDER BY r.seq LIMIT {FETCH}",
+            [after, *params[1:]],
+        )
+        rows = cur.fetchall()
+        for row in rows:
+            created = row[-1]
+            yield _record(row[:-1]), None if created is None else bytes(created)
+        if len(rows) < FETCH:
+            return
+        after = rows[-1][0]
+
+
 def list_page(
     conn: sqlite3.Connection,
     f: AuditFilter,
@@ -85,30 +116,37 @@ def list_page(
     budget: int = PAGE_BYTES,
     scan: int = SCAN_ROWS,
 ) -> Page:
-    where, params = ["seq > ?"], list[Any]([after])
+    where, params = ["r.seq > ?"], list[Any]([after])
     for column, value in (("tenant", f.tenant), ("type", f.type)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f"r.{column} = ?")
             params.append(value)
     if f.since_ns is not None:
-        where.append("received_ns >= ?")
+        where.append("r.received_ns >= ?")
         params.append(f.since_ns)
     if f.until_ns is not None:
-        where.append("received_ns < ?")
+        where.append("r.received_ns < ?")
         params.append(f.until_ns)
     wanted = {k: v for k, v in (("device", f.device), ("user", f.user), ("request", f.request))}
-    for value in wanted.values():
+    for key, value in wanted.items():
         if value is not None:
-            where.append("instr(event, ?) > 0")
-            params.append(orjson.dumps(value)[1:-1])  # as JSON writes it, without the quotes
+            needle = orjson.dumps(value)[1:-1]  # as JSON writes it, without the quotes
+            if key == "request":
+                where.append("instr(r.event, ?) > 0")
+                params.append(needle)
+            else:  # the record's own, or its request's
+                where.append("(instr(r.event, ?) > 0 OR instr(c.event, ?) > 0)")
+                params.extend((needle, needle))
     lines: list[bytes] = []
     size = 0
     last = after
-    for scanned, r in enumerate(_rows(conn, where, params), 1):
+    for scanned, (r, created) in enumerate(_rows_with_request(conn, where, params), 1):
         event = parse_event(r.event)
         facts = facts_of(r.tenant, r.subject, event)
+        if created is not None and (facts.user is None or facts.device is None):
+            facts = about_request(facts, parse_event(created))
         if all(v is None or getattr(facts, k) == v for k, v in wanted.items()):
-            line = line_of(r, event)
+            line = line_of(r, event, facts)
             if lines and size + len(line) > budget:
                 return Page(lines, last)
             lines.append(line)

@@ -19,6 +19,15 @@ Chain heads are kept in memory between batches and written to
 the last sequence it sealed; if the table's last sequence differs at the
 start of a batch, a transaction was rolled back after the cache moved, and
 the heads are reloaded from the database (as they are at open).
+
+Requests: decisions (Approved, Denied, RequestExpired) name their request but
+not its user or device; a record shows and is found by those of its request's
+RequestCreated (``epm_audit.view.about_request``), joined when it is read.
+For that join ``audit_requests`` maps each request (its subject stem,
+``epm.evt.<tenant>.request.<request id>.``) to the stream sequence of its
+RequestCreated: one row per request, from the subject alone (nothing decoded),
+written in the same transaction as the records, so a rebuilt trail has the
+same rows. A trail written before the table existed fills it once, at open.
 """
 
 from __future__ import annotations
@@ -51,6 +60,19 @@ CREATE INDEX IF NOT EXISTS audit_records_by_tenant ON audit_records (tenant, seq
 CREATE TABLE IF NOT EXISTS audit_heads (
     tenant TEXT PRIMARY KEY, records INTEGER NOT NULL, hash TEXT NOT NULL
 ) WITHOUT ROWID;
+-- each request's RequestCreated, by the stem its records' subjects share (epm_audit.view)
+CREATE TABLE IF NOT EXISTS audit_requests (stem TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_upgrades (name TEXT PRIMARY KEY) WITHOUT ROWID;
+-- once, for a trail written before audit_requests existed (the empty ``due`` row source
+-- keeps SQLite from scanning the records at every later open)
+INSERT OR IGNORE INTO audit_requests (stem, seq)
+    SELECT substr(subject, 1, length(subject) - length(type)), seq
+    FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM audit_upgrades WHERE name = 'requests'))
+        AS due
+    CROSS JOIN audit_records
+    WHERE type = 'RequestCreated' AND subject GLOB '*.*.*.request.*.RequestCreated'
+    ORDER BY seq;
+INSERT OR IGNORE INTO audit_upgrades (name) VALUES ('requests');
 CREATE TRIGGER IF NOT EXISTS audit_records_refuse_update BEFORE UPDATE ON audit_records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS audit_records_refuse_delete BEFORE DELETE ON audit_records
@@ -63,6 +85,10 @@ UPSERT_HEAD = (
     "INSERT INTO audit_heads (tenant, records, hash) VALUES (?,?,?) "
     "ON CONFLICT (tenant) DO UPDATE SET records = excluded.records, hash = excluded.hash"
 )
+INSERT_REQUEST = "INSERT OR IGNORE INTO audit_requests (stem, seq) VALUES (?,?)"
+"""The first RequestCreated of a request wins (there is only one: expected sequence 0)."""
+REQUEST_AGGREGATE = "request"
+REQUEST_CREATED = "RequestCreated"
 NO_RECORDS = (0, GENESIS)
 Row = tuple[int, str, str, str, str, int, int, bytes, str, str]
 LOOKUP_CHUNK = 500
@@ -100,19 +126,23 @@ class AuditTrail(Projection):
             kept.append(m)
             ids.append(event_id)
         staged: dict[str, tuple[int, str]] = {}
+        requests: list[tuple[str, int]] = []
         # Optimistic: the UNIQUE event-id index looks every id up while inserting anyway, so
         # a batch of new ids (all but always) needs no lookup pass of its own. An id seen
         # before (republished after the duplicate window, or twice in the batch) undoes the
         # attempt; the batch is then sealed again without the ids already recorded.
         conn.execute("SAVEPOINT audit_batch")
         try:
-            conn.executemany(INSERT, self._sealed(kept, ids, set(), staged))
+            conn.executemany(INSERT, self._sealed(kept, ids, set(), staged, requests))
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO audit_batch")
             staged.clear()
+            requests.clear()
             recorded = _already_recorded(conn, ids)
-            conn.executemany(INSERT, self._sealed(kept, ids, recorded, staged))
+            conn.executemany(INSERT, self._sealed(kept, ids, recorded, staged, requests))
         conn.execute("RELEASE audit_batch")
+        if requests:
+            conn.executemany(INSERT_REQUEST, requests)
         if staged:
             conn.executemany(UPSERT_HEAD, [(t, n, h) for t, (n, h) in staged.items()])
             # Only now, with every statement done: a failure above leaves the cache as it was.
@@ -126,22 +156,27 @@ class AuditTrail(Projection):
         ids: list[str],
         recorded: set[str],
         staged: dict[str, tuple[int, str]],
+        requests: list[tuple[str, int]],
     ) -> Iterator[Row]:
         """The rows to insert, one at a time: each is bound and dropped at once, so a
-        batch leaves no thousands of young tuples for the garbage collector to walk."""
+        batch leaves no thousands of young tuples for the garbage collector to walk.
+        Each RequestCreated's (stem, seq) goes to ``requests``."""
         heads = self._heads
+        created, on_request = REQUEST_CREATED, REQUEST_AGGREGATE  # locals: read per message
         for m, event_id in zip(msgs, ids, strict=True):
             if event_id in recorded:
                 continue
             recorded.add(event_id)  # the same id twice in one batch
             subject = m.subject
-            _, _, tenant, _, _, type_ = subject.split(".")
+            _, _, tenant, aggregate, _, type_ = subject.split(".")
             records, prev = staged.get(tenant) or heads.get(tenant) or NO_RECORDS
             chain_seq = records + 1
             seq, data, ns = m.seq, m.data, m.timestamp_ns
             h = chain_hash(prev, seq, event_id, tenant, type_, subject, ns, chain_seq, data)
             staged[tenant] = (chain_seq, h)
             self._sealing = seq
+            if type_ == created and aggregate == on_request:
+                requests.append((subject[: -len(type_)], seq))
             yield seq, event_id, tenant, type_, subject, ns, chain_seq, data, prev, h
 
     def _ensure_heads(self, conn: sqlite3.Connection) -> None:

@@ -5,6 +5,13 @@ person asks of a record (who did it, on which device, for which user and
 request, when the device says it happened) is derived here, at query time,
 so the ingest hot path never parses an event.
 
+A record about a request that names neither user nor device itself (Approved,
+Denied, RequestExpired: they carry the request id only) shows, and is found by,
+the user and device of the request: those of its RequestCreated, the record of
+the same tenant and request (``about_request``; the trail joins the two by
+subject stem, ``epm_audit.trail``). So "what was alice allowed to run" finds
+the decisions, and a rebuilt trail gives the same answers.
+
 An export line (and an item of ``GET /v1/audit``) is one JSON object::
 
     {"seq", "tenant", "chain_seq", "type", "event_id", "subject",
@@ -14,16 +21,20 @@ An export line (and an item of ``GET /v1/audit``) is one JSON object::
 
 in that key order, compact, with the stored event bytes spliced in verbatim
 after ``"event":`` (an event that is not a one-line JSON object travels as
-``"event_base64"`` instead). Every field is a function of what the chain
-commits to, so ``line_of(record)`` is deterministic: a verifier rebuilds each
-line from its chained fields and refuses one that differs by a single byte.
+``"event_base64"`` instead). Every field of an export line is a function of
+the record alone, what the chain commits to, so ``line_of(record)`` is
+deterministic: a verifier rebuilds each line from its chained fields and
+refuses one that differs by a single byte. An item of ``GET /v1/audit`` adds,
+where the record names none, the user and device of its request (a function
+of the trail, not of the record: an export, which carries the RequestCreated
+itself, keeps the line its record alone gives).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +56,7 @@ BY_FIELDS = (
     "added_by",
     "removed_by",
     "rotated_by",
+    "lifted_by",
 )
 """Fields naming who caused an event, as ``Principal.actor`` (``role:name``) or ``device:<id>``."""
 
@@ -107,6 +119,19 @@ def facts_of(tenant: str, subject: str, event: dict[str, Any] | None) -> Facts:
     )
 
 
+def about_request(facts: Facts, created: dict[str, Any] | None) -> Facts:
+    """``facts`` of a record about a request, with the user and device of the request's
+    RequestCreated (``created``, parsed) wherever the record does not name its own."""
+    data = created.get("data") if created is not None else None
+    if not isinstance(data, dict) or (facts.user is not None and facts.device is not None):
+        return facts
+    return replace(
+        facts,
+        user=facts.user or _text(data.get("user")),
+        device=facts.device or _text(data.get("device_id")),
+    )
+
+
 def _actor(
     tenant: str, data: dict[str, Any], source: str, device_time: str | None, device: str | None
 ) -> Actor:
@@ -138,11 +163,15 @@ def received_at(ns: int) -> str:
     return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
 
 
-def line_of(r: AuditRecord, event: dict[str, Any] | None = None) -> bytes:
-    """The record as one compact JSON object (no newline); ``event`` if parsed already."""
+def line_of(
+    r: AuditRecord, event: dict[str, Any] | None = None, facts: Facts | None = None
+) -> bytes:
+    """The record as one compact JSON object (no newline); ``event`` if parsed already;
+    ``facts`` to show instead of the record's own (a list item: ``about_request``)."""
     if event is None:
         event = parse_event(r.event)
-    facts = facts_of(r.tenant, r.subject, event)
+    if facts is None:
+        facts = facts_of(r.tenant, r.subject, event)
     head: dict[str, Any] = {
         "seq": r.seq,
         "tenant": r.tenant,
