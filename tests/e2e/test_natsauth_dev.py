@@ -83,7 +83,9 @@ def test_an_agent_gets_its_own_user_and_loses_it_when_revoked(stack: Stack) -> N
     device = agent(gone, "status")[1]["device_id"]
     stack.ok("device", "revoke", device, "--tenant", "acme")
     assert refused(stack.nats, user_credentials=str(creds))
-    assert agent(gone, "status")[1]["online"] is False
+    code, out = agent(gone, "status")  # told why, not "offline"
+    assert code == 1 and "NATS credentials were refused" in out["error"], out
+    assert "revoked" in out["error"] and "--state-dir <new dir>" in out["error"]
     assert agent(kept, "status")[1]["online"] is True
 
 

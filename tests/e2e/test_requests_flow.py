@@ -211,8 +211,10 @@ def test_requests_rules_and_decisions_end_to_end(stack: Stack) -> None:
     code, out = agent(
         a2, "request", "--exe", str(exe(stack.tmp, "late.exe")), "--user", "bob", "--reason", "x"
     )
-    assert code != 0 and "cannot be reached" in out["error"]
-    assert agent(a2, "status")[1]["online"] is False
+    assert code != 0 and "NATS credentials were refused" in out["error"], out
+    assert "cannot be reached" not in out["error"]
+    code, out = agent(a2, "status")
+    assert code == 1 and "probably revoked" in out["error"], out
     assert len(stack.events("RequestCreated")) == before
 
 

@@ -606,6 +606,92 @@ async def test_one_code_redeemed_on_two_devices_raises_code_reuse(
     await exactly_once(bus, device_of(second), range(1, 4))
 
 
+async def test_a_cloned_state_dir_is_refused_as_a_fork_and_says_so_and_the_original_is_kept(
+    bus: Bus, settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    """``cp -a`` of an enrolled agent, the same code redeemed offline on both copies, both
+    synced within the stream's duplicate window: the copy's upload is not dropped as a
+    re-send of the original's (its records differ, so does its message id), request-svc
+    raises log_fork with the copy's records as evidence, and the copy's sync says its
+    records were refused instead of taking the original's acknowledgement for its own."""
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    device_of(agent)
+    agent.state.close()
+    shutil.copytree(tmp_path / "pc-1", tmp_path / "pc-1-fork")
+    fork = Agent(tmp_path / "pc-1-fork", answer_timeout=0.5)
+    write_redemption(agent, 5, "c" * 64)
+    write_elevations(agent, 1, user="bob")
+    with fork.state.open(create=False).transaction() as db:  # the same code, another user
+        append_record(
+            db,
+            "OfflineCodeRedeemed",
+            device_of(agent),
+            DEVICE_TIME + timedelta(minutes=5),
+            {
+                "kind": "access_code",
+                "code_ref": "access_code:v1:5",
+                "code_hash": "c" * 64,
+                "grant": "app",
+                "user": "mallory",
+            },
+        )
+    write_elevations(fork, 1, user="mallory")
+    async with agent:
+        assert (await agent.sync(wait_seconds=20)).as_json() == {
+            "sent": 2,
+            "confirmed": 2,
+            "pending": 0,
+        }
+    async with fork:
+        forked = await fork.sync(wait_seconds=20)
+    assert forked.as_json() == {
+        "sent": 2,
+        "confirmed": 0,
+        "pending": 0,
+        "refused": 2,
+        "refusals": {"log_fork": [1, 2]},
+    }
+    forks = [a for a in await alerts(bus) if a["kind"] == "log_fork"]
+    assert sorted(a["evidence"]["device_seq"] for a in forks) == [1, 2]
+    offered = next(a for a in forks if a["evidence"]["device_seq"] == 2)["evidence"]["offered"]
+    assert offered["data"]["user"] == "mallory"
+    device = device_of(agent)
+    await exactly_once(bus, device, range(1, 3))
+    events = await stored_events(bus, f"epm.evt.acme.device.{device}.ElevationPerformed")
+    assert [e["data"]["user"] for _, _, e in events] == ["bob"]
+    async with agent:  # the original read the copy's acknowledgement: not its own
+        again = await agent.sync(wait_seconds=1)
+    assert again.as_json() == {"sent": 0, "confirmed": 2, "pending": 0}
+
+
+async def test_sync_reports_records_refused_as_tampered_not_as_confirmed(
+    bus: Bus, settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    agent = await enrolled_agent(bus, settings, tmp_path, "pc-1")
+    write_elevations(agent, 14)
+    async with agent:
+        await agent.sync(wait_seconds=20)
+    write_elevations(agent, 2)
+    with agent.state.transaction() as db:
+        for seq in (15, 16):
+            (raw,) = db.execute("SELECT record FROM offline_log WHERE seq = ?", (seq,)).fetchone()
+            record = orjson.loads(raw)
+            record["data"]["user"] = "someone-else"
+            db.execute(
+                "UPDATE offline_log SET record = ? WHERE seq = ?", (orjson.dumps(record), seq)
+            )
+    async with agent:
+        result = await agent.sync(wait_seconds=20)
+    assert result.as_json() == {
+        "sent": 2,
+        "confirmed": 14,
+        "pending": 0,
+        "refused": 2,
+        "refusals": {"log_tampered": [15, 16]},
+    }
+    assert sorted(a["evidence"]["device_seq"] for a in await alerts(bus)) == [15, 16]
+
+
 # --- where uploads are prepared ---------------------------------------------------------
 
 

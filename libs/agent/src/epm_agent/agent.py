@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,9 @@ from epm_agent.device_key import DeviceKey
 from epm_agent.elevation import SignedMessage, describe_app, elevation_message
 from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
-from epm_agent.errors import AgentError, ServerUnreachable
+from epm_agent.errors import AgentError, CredentialsRefused, ServerUnreachable, is_auth_refusal
 from epm_agent.nats_tls import check_ca, read_ca_file, save_ca, stored_context, untrusted
-from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled
+from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled, require
 from epm_agent.offline_log import LogRecord
 from epm_agent.offline_state import OfflineState
 from epm_agent.private_file import write_private_file
@@ -89,14 +89,24 @@ class RequestOutcome:
 @dataclass(frozen=True, slots=True)
 class SyncResult:
     """``sent``: records uploaded by this sync; ``confirmed``: records of the log request-svc
-    has processed; ``pending``: records it has not (yet)."""
+    has accepted; ``pending``: records it has not processed (yet); ``refused``: records it
+    refused, by the kind of alert raised (log_tampered, log_fork): in the JSON only if any."""
 
     sent: int
     confirmed: int
     pending: int
+    refused: dict[str, list[int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"sent": self.sent, "confirmed": self.confirmed, "pending": self.pending}
+        out: dict[str, Any] = {
+            "sent": self.sent,
+            "confirmed": self.confirmed,
+            "pending": self.pending,
+        }
+        if self.refused:
+            out["refused"] = sum(len(seqs) for seqs in self.refused.values())
+            out["refusals"] = self.refused
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +201,9 @@ class Agent:
         if existing is not None:
             raise AgentError(
                 f"{state.path} is already enrolled as device {existing.device_id} of tenant "
-                f"{existing.tenant}; pass another --state-dir to enroll this machine again"
+                f"{existing.tenant}; pass another --state-dir to enroll this machine again "
+                "(a revoked device too: its state dir cannot be enrolled again, so enroll "
+                "it with a new enrollment token and a new --state-dir)"
             )
         if self.offline:
             raise ServerUnreachable("enrollment needs the server; run it without --offline")
@@ -432,7 +444,12 @@ class Agent:
         minutes: int | None = None,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
-        """One offline access code for this device, made by the server (online only)."""
+        """One offline access code for this device, made by the server (online only).
+
+        The device channel is read before (policy, keys) and after: the server made the
+        code under its policy, so the agent waits briefly for that policy to reach it too;
+        otherwise a code generated right after the administrator enabled it would be
+        refused offline by the policy the agent had before."""
         state = self._state()
         identity = state.require_identity()
         self.offline_access(identity).close_expired_sessions()
@@ -443,6 +460,7 @@ class Agent:
                 f"the server at {identity.nats_url} cannot be reached: generating an offline "
                 "code needs it (codes are for later, when you are offline)"
             )
+        await self._read_device_channel(bus, identity)
         message = self_generate_request(
             DeviceKey.load(state.key_path),
             tenant=identity.tenant,
@@ -465,7 +483,7 @@ class Agent:
             raise ServerUnreachable("the server did not answer in time; try again") from None
         await self._upload_quietly(bus, identity)
         try:
-            return read_generated_code(
+            generated = read_generated_code(
                 reply.data,
                 EncryptionKey.load(state.encryption_key_path),
                 tenant=identity.tenant,
@@ -476,6 +494,13 @@ class Agent:
             if exc.provision in PROVISIONS:
                 raise PolicyDisabled(str(exc.provision)) from None
             raise
+        await self._read_device_channel(
+            bus,
+            identity,
+            until=lambda: redeemable(state.require_identity().policy, purpose),
+            timeout=POLICY_WAIT_SECONDS,
+        )
+        return generated
 
     def _describe(self, exe: str | None, sha256: str | None) -> AppInfo:
         try:
@@ -510,8 +535,14 @@ class Agent:
             await self._read_device_channel(
                 bus, identity, until=all_confirmed, timeout=wait_seconds
             )
-        records, _, confirmed = tables.upload_counts()
-        return SyncResult(sent=sent, confirmed=confirmed, pending=records - confirmed)
+        records, _, processed = tables.upload_counts()
+        refused = tables.refused()
+        return SyncResult(
+            sent=sent,
+            confirmed=processed - sum(len(seqs) for seqs in refused.values()),
+            pending=records - processed,
+            refused=refused,
+        )
 
     def prepare_upload(self, identity: Identity) -> UploadRound:
         """The device's own part of an upload round: its oldest unsent records (and those
@@ -680,7 +711,11 @@ class Agent:
                 self._bus = await connecting
         except ssl.SSLCertVerificationError as exc:
             raise untrusted(identity.nats_url, state.nats_ca_path, exc) from None
-        except (TimeoutError, nats.errors.Error, OSError):
+        except nats.errors.Error as exc:
+            if is_auth_refusal(exc):  # reached the server, which said no: not "offline"
+                raise CredentialsRefused(identity.nats_url, state.path, str(exc)) from None
+            return None
+        except (TimeoutError, OSError):
             return None
         return self._bus
 
@@ -705,6 +740,19 @@ async def _first_answer(answers: Any, request_id: str, timeout: float) -> Reques
         if answer.request_id == request_id:
             return answer
     return None
+
+
+POLICY_WAIT_SECONDS = 3.0
+"""How long ``offline generate`` waits for the policy the server made its code under."""
+
+
+def redeemable(policy: dict[str, Any], purpose: str) -> bool:
+    """Whether this policy lets the agent redeem a code of ``purpose`` offline."""
+    try:
+        require(policy, f"{purpose}_codes")
+    except PolicyDisabled:
+        return False
+    return True
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Upload the offline log and read decisions, policy and confirmations.",
         "examples:\n  epm-agent sync\n  epm-agent sync --wait 60 --json\n"
         '{"sent", "confirmed", "pending"}: records uploaded now, records the server has '
-        "processed, records it has not (yet).",
+        'accepted, records it has not processed (yet); and "refused", "refusals" '
+        "({kind: [record numbers]}) if the server refused records (a security alert).",
     )
     sync.add_argument(
         "--wait",
@@ -340,7 +341,20 @@ async def _sync(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any],
     )
     if result.pending:
         human += "\nRun 'epm-agent sync' again later to see them confirmed."
+    for kind, seqs in result.refused.items():
+        human += f"\nREFUSED by the server ({kind}): records {', '.join(map(str, seqs))}; " + (
+            REFUSAL_MEANING.get(kind, "a security alert was raised")
+        )
     return result.as_json(), human
+
+
+REFUSAL_MEANING = {
+    "log_tampered": "they were changed after they were written, and a security alert was raised",
+    "log_fork": (
+        "the server holds other records under these numbers: this state dir is a copy (or "
+        "a restored backup) of one that uploaded first, and a security alert was raised"
+    ),
+}
 
 
 async def _simulate(agent: Agent, args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from epm_events.agent import KeyUpdate, LockoutLift, ReplayAck
+from epm_events.ids import offline_batch_id
 
 from epm_agent.challenges import MAX_PENDING, Challenge
 from epm_agent.clock import iso, parse_time
@@ -270,11 +271,23 @@ class OfflineState:
             )
 
     def upload_counts(self) -> tuple[int, int, int]:
-        """(records, sent, confirmed) of the whole log."""
+        """(records, sent, confirmed) of the whole log; confirmed: processed by request-svc,
+        refused records included (they are settled too: see ``refused``)."""
         row = self.db.execute(
             "SELECT count(*), count(sent_at), coalesce(sum(confirmed), 0) FROM offline_log"
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def refused(self) -> dict[str, list[int]]:
+        """The records request-svc refused, by the kind of alert it raised (log_tampered:
+        edited after they were written; log_fork: the server holds other records under
+        these sequences, from a copy of this state dir or a restored one)."""
+        out: dict[str, list[int]] = {}
+        for seq, kind in self.db.execute(
+            "SELECT seq, refused FROM offline_log WHERE refused IS NOT NULL ORDER BY seq"
+        ):
+            out.setdefault(str(kind), []).append(int(seq))
+        return out
 
     def log(self) -> list[LogRecord]:
         rows = self.db.execute(
@@ -305,13 +318,45 @@ def apply_key_update(db: sqlite3.Connection, update: KeyUpdate) -> bool:
 
 
 def apply_replay_ack(db: sqlite3.Connection, ack: ReplayAck) -> bool:
-    """request-svc processed records first_seq..processed_through: they are confirmed."""
-    cursor = db.execute(
+    """request-svc processed records first_seq..processed_through of an upload: they are
+    confirmed (those it names in ``refusals``, refused) if that upload was of this log's
+    own records. Every copy of a state dir reads the same device channel, so a clone reads
+    the original's acknowledgements: they count only if ``batch_id`` is the id of these
+    very records (``offline_batch_id`` binds the hash of the last, which chains the rest).
+    An acknowledgement of an upload made before batch ids carried the chain head is taken
+    by its range, as it was then."""
+    if not ack_is_for_this_log(db, ack):
+        return False
+    now = iso(datetime.now(UTC))
+    refused = {
+        r.device_seq: r.kind
+        for r in ack.refusals
+        if ack.first_seq <= r.device_seq <= ack.processed_through
+    }
+    changed = db.execute(
         "UPDATE offline_log SET confirmed = 1, sent_at = coalesce(sent_at, ?) "
         "WHERE seq BETWEEN ? AND ? AND confirmed = 0",
-        (iso(datetime.now(UTC)), ack.first_seq, ack.processed_through),
+        (now, ack.first_seq, ack.processed_through),
+    ).rowcount
+    for seq, kind in refused.items():
+        changed += db.execute(
+            "UPDATE offline_log SET refused = ? WHERE seq = ? AND refused IS NOT ?",
+            (kind, seq, kind),
+        ).rowcount
+    return changed > 0
+
+
+def ack_is_for_this_log(db: sqlite3.Connection, ack: ReplayAck) -> bool:
+    row = db.execute(
+        "SELECT hash FROM offline_log WHERE seq = ?", (ack.processed_through,)
+    ).fetchone()
+    if row is None:
+        return False
+    first, through = ack.first_seq, ack.processed_through
+    return ack.batch_id in (
+        offline_batch_id(ack.device_id, first, through, str(row[0])),
+        offline_batch_id(ack.device_id, first, through),  # before chain heads
     )
-    return cursor.rowcount > 0
 
 
 def apply_lockout_lift(db: sqlite3.Connection, lift: LockoutLift) -> bool:

@@ -162,6 +162,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE offline_log ADD COLUMN sent_at TEXT;
     CREATE INDEX offline_log_unsent ON offline_log (sent_at, seq);
     """,
+    # 5: a record request-svc processed but refused: the kind of its alert (log_tampered,
+    # log_fork), from the ReplayAck of this device's own upload
+    """
+    ALTER TABLE offline_log ADD COLUMN refused TEXT;
+    """,
 )
 
 

@@ -2,9 +2,11 @@
 
 A batch is ``OfflineLogBatch`` (epm_events.agent): consecutive records with the hash each
 chains from, ``chain_head`` (the last one's hash) and first/last sequence, signed ONCE by
-the device key. Its ``Nats-Msg-Id`` depends on (device, first seq, last seq) only, so a
-batch re-sent after a crash or a lost connection is dropped by the stream's duplicate
-window, and request-svc accepts each (device, sequence) once whenever it comes.
+the device key. Its ``Nats-Msg-Id`` depends on (device, first seq, last seq, chain head),
+so a batch re-sent after a crash or a lost connection is dropped by the stream's duplicate
+window, and request-svc accepts each (device, sequence) once whenever it comes; while a
+batch of the same range with other records (a cloned or restored state dir) has another
+id, reaches request-svc and is refused there as a fork (log_fork), with an alert.
 """
 
 from __future__ import annotations
@@ -77,6 +79,6 @@ def batch_message(
         name=OfflineLogBatch.NAME,
         version=OfflineLogBatch.VERSION,
         data=data,
-        msg_id=offline_batch_id(device_id, first.seq, last.seq),
+        msg_id=offline_batch_id(device_id, first.seq, last.seq, last.hash),
         time=time,
     )

@@ -64,8 +64,8 @@ class OfflineLogBatch(AgentMessage):
 
     ONE Ed25519 signature (``Epm-Signature`` over ``signing_bytes``) covers the batch and
     with it ``chain_head``, the hash of its last record. ``Nats-Msg-Id`` is
-    ``ids.offline_batch_id(device, first_seq, last_seq)``, so a re-sent batch is
-    deduplicated by the stream."""
+    ``ids.offline_batch_id(device, first_seq, last_seq, chain_head)``, so a re-sent batch
+    is deduplicated by the stream, and another batch of the same range is not."""
 
     NAME = "OfflineLogBatch"
     first_seq: int = Field(ge=1)
@@ -136,12 +136,25 @@ class LockoutLift(Model):
 REPLAY_KIND = "replay"
 
 
+class ReplayRefusal(Model):
+    """One record of an upload that request-svc refused, with the kind of its alert."""
+
+    device_seq: int
+    kind: str
+
+
 class ReplayAck(Model):
     """On ``epm.device.<tenant>.<device>.replay``: request-svc processed an OfflineLogBatch.
 
     ``processed_through`` is the last sequence of the batch: every record up to it is
     in EPM_EVENTS, or was refused with a SecurityAlertRaised (``refused`` counts those).
-    The agent marks its records up to there confirmed."""
+    The agent marks its records up to there confirmed, if ``batch_id`` is the id of its
+    own records there (``ids.offline_batch_id`` binds their chain head): a cloned state dir
+    reads the original's acknowledgements too, and must not take them for its own.
+
+    ``refusals``: which records were refused and why (``log_tampered``, ``log_fork``). It
+    is left out of the JSON when empty, so agents that predate it read every other
+    acknowledgement as before."""
 
     tenant: str
     device_id: str
@@ -151,3 +164,4 @@ class ReplayAck(Model):
     accepted: int
     duplicates: int
     refused: int
+    refusals: tuple[ReplayRefusal, ...] = ()

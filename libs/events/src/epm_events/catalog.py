@@ -177,6 +177,19 @@ class DeviceKeyRotated(Event):
     rotated_by: str = ""
 
 
+class OfflineLockoutLifted(Event):
+    """The help desk ends a device's offline-code lockout (wrong codes) now: approval-svc
+    sends the device a LockoutLift on ``epm.device.<t>.<d>.lockout``, applied when the agent
+    next reads its device channel online. On the device's offline-key aggregate."""
+
+    NAME = "OfflineLockoutLifted"
+    AGGREGATE = "devicekey"
+    ID_FIELD = "device_id"
+    device_id: str
+    lifted_by: str
+    reason: str = Field(default="", max_length=500)
+
+
 class RequestCreated(Event):
     NAME = "RequestCreated"
     AGGREGATE = "request"
@@ -475,6 +488,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     TenantKeyCreated,
     OfflineResponseIssued,
     OfflineCodeIssued,
+    OfflineLockoutLifted,
     OfflineCodeRedeemed,
     ElevationPerformed,
     AdminSessionStarted,

@@ -131,9 +131,19 @@ def request_id_for(msg_id: str) -> str:
     return "req-" + _uuid5(f"request\x1f{msg_id}").replace("-", "")[:24]
 
 
-def offline_batch_id(device: str, first_seq: int, last_seq: int) -> str:
-    """The ``Nats-Msg-Id`` of an offline log upload: the same records, the same id."""
-    return derived_event_id(f"{device}:{first_seq}:{last_seq}", "OfflineLogBatch")
+def offline_batch_id(
+    device: str, first_seq: int, last_seq: int, chain_head: str | None = None
+) -> str:
+    """The ``Nats-Msg-Id`` of an offline log upload: the same records, the same id.
+
+    ``chain_head`` (the hash of the batch's last record, which chains every record of the
+    batch) makes another content of the same range another id: a cloned or restored log's
+    batch is not dropped by the stream's duplicate window as a re-send of the original's,
+    and request-svc sees the fork. Without it: the id agents used before, kept to
+    recognise their uploads' acknowledgements."""
+    if chain_head is None:
+        return derived_event_id(f"{device}:{first_seq}:{last_seq}", "OfflineLogBatch")
+    return derived_event_id(f"{device}:{first_seq}:{last_seq}:{chain_head}", "OfflineLogBatch")
 
 
 def offline_record_event_id(device: str, seq: int, event_name: str) -> str:

@@ -80,6 +80,15 @@ def require_offline_issuer(principal: Principal) -> None:
         raise Forbidden("offline response and access codes need a technician or admin token")
 
 
+def require_lockout_lifter(principal: Principal) -> None:
+    """Lifting a device's offline-code lockout is the help desk's, as responses and codes are."""
+    if principal.role not in OFFLINE_ISSUERS:
+        raise Forbidden(
+            f"role {principal.role} may not lift a device's lockout; "
+            "it needs a technician or admin token"
+        )
+
+
 def require_device_key_admin(principal: Principal) -> None:
     if principal.role not in DEVICE_KEY_ADMINS:
         raise Forbidden(

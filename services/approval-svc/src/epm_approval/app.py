@@ -15,6 +15,7 @@ Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
   DeviceEnrolled, DeviceRevoked                     -> devices (public keys, key state)
   DeviceKeyRotated                                  -> devices; sealed ``key`` to the device
   OfflineCodeIssued, OfflineResponseIssued          -> devices (next counter), codes
+  OfflineLockoutLifted                              -> devices; ``lockout`` lift to the device
 
 Reactions (to new events the approval view receives, once it has caught up):
 - RequestCreated  a one-time grant, else rules: Approved/Denied at once; else
@@ -33,6 +34,7 @@ Commands (``epm.rpc.approval-svc.<command>``, docs/internal-contracts.md):
 - offline_codes               offline access codes (OfflineCodeIssued, hashes only)
 - rotate_device_key           DeviceKeyRotated: every older code stops working
 - revoke_device_codes         the same, recorded as "codes revoked"
+- lift_lockout                OfflineLockoutLifted: the device's offline-code lockout ends
 
 Device commands (``epm.devrpc.<tenant>.<device>.<command>``, signed by the device,
 epm_approval.device_commands):
@@ -40,8 +42,8 @@ epm_approval.device_commands):
 
 Events appended: Approved, Denied (request), GrantConsumed (grant), RuleCreated,
 RuleDisabled (rule), OfflinePolicyChanged (policy), TenantKeyCreated (tenantkey),
-DeviceKeyRotated, OfflineCodeIssued, OfflineResponseIssued (devicekey), each with the
-aggregate's last sequence as expectation.
+DeviceKeyRotated, OfflineCodeIssued, OfflineResponseIssued, OfflineLockoutLifted
+(devicekey), each with the aggregate's last sequence as expectation.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
         "offline_codes": offline.offline_codes,
         "rotate_device_key": offline.rotate_device_key,
         "revoke_device_codes": offline.revoke_device_codes,
+        "lift_lockout": offline.lift_lockout,
     }
 
 

@@ -6,7 +6,8 @@ functions, then append what they return.
 - ``check_response``: a help-desk response code within policy.
 - ``check_code``: offline access codes within policy (issued or self-generated).
 - ``DeviceKeyState`` / ``evolve_key``: the device's offline-key aggregate
-  (``devicekey.<device id>``): its key version and the next unused counter.
+  (``devicekey.<device id>``): its key version and the next unused counter
+  (a lockout lift, OfflineLockoutLifted, is on it too and only moves its sequence).
   Counters are allocated per (device, key version) from 0 and never reused:
   every issue is appended with the aggregate's last sequence as expectation.
 """
@@ -23,6 +24,7 @@ from epm_events.catalog import (
     DeviceKeyRotated,
     Event,
     OfflineCodeIssued,
+    OfflineLockoutLifted,
     OfflinePolicy,
     OfflineResponseIssued,
 )
@@ -223,7 +225,7 @@ def evolve_key(state: DeviceKeyState, event: Event, seq: int) -> DeviceKeyState:
     if isinstance(event, OfflineCodeIssued) and event.key_version == state.key_version:
         nxt = max(state.next_counter, event.counter + 1)
         return DeviceKeyState(state.key_version, nxt, seq)
-    if isinstance(event, OfflineCodeIssued | OfflineResponseIssued):
+    if isinstance(event, OfflineCodeIssued | OfflineResponseIssued | OfflineLockoutLifted):
         return replace(state, last_seq=seq)
     return state
 

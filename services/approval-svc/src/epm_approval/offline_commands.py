@@ -24,6 +24,7 @@ from epm_domain.sealed import SealedError, derive_device_keys, parse_public_key,
 from epm_events.catalog import (
     DeviceKeyRotated,
     OfflineCodeIssued,
+    OfflineLockoutLifted,
     OfflinePolicy,
     OfflinePolicyChanged,
     OfflineResponseIssued,
@@ -395,6 +396,44 @@ class OfflineCommands:
         )
         await self.o.view.wait_for(done.seq, timeout=READ_YOUR_WRITES_SECONDS)
         return {"device_id": device.id, "key_version": event.key_version}
+
+    # --- lockout lift -----------------------------------------------------------------------
+
+    async def lift_lockout(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        """OfflineLockoutLifted: the device's offline-code lockout ends when the agent next
+        reads its device channel (the view's outbox sends it a LockoutLift)."""
+        tenant = await self._tenant(args, principal)
+        access.require_lockout_lifter(principal)
+        device = await self._device(tenant, args)
+        reason = text(args, "reason", max_len=500, default="")
+        state = device.key
+        for _attempt in range(MAX_APPEND_ATTEMPTS):
+            event = OfflineLockoutLifted(
+                device_id=device.id, lifted_by=principal.actor, reason=reason
+            )
+            try:
+                [done] = await self.o.publisher.append(tenant, [event], state.last_seq)
+                break
+            except ConcurrencyConflict:
+                state = await self._key_state(tenant, device.id)  # a code issued meanwhile
+        else:  # pragma: no cover
+            raise Conflict("this device's offline state is being changed by many; try again")
+        log.info(
+            "device lockout lifted",
+            extra={
+                "tenant": tenant,
+                "device_id": device.id,
+                "event_id": done.envelope.id,
+                "by": principal.actor,
+            },
+        )
+        await self.o.view.wait_for(done.seq, timeout=READ_YOUR_WRITES_SECONDS)
+        return {
+            "device_id": device.id,
+            "lifted_by": principal.actor,
+            "lift_id": done.envelope.id,
+            "delivered": "when the computer is next online (status, request, sync)",
+        }
 
     # --- shared --------------------------------------------------------------------------
 

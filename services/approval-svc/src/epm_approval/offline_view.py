@@ -8,7 +8,9 @@ OutboxRelay publishes it on EPM_DEVICE with a deterministic ``Nats-Msg-Id``:
   of the tenant (and DeviceEnrolled -> the current policy to the new device,
   should it have changed after the enrollment answer was written);
 - DeviceKeyRotated -> ``epm.device.<t>.<d>.key``, the new key material sealed to
-  the device (epm_domain.sealed).
+  the device (epm_domain.sealed);
+- OfflineLockoutLifted -> ``epm.device.<t>.<d>.lockout``, a LockoutLift: the agent ends
+  its offline-code lockout when it next reads its device channel.
 
 Tenant keys are stored as the ciphertext of TenantKeyCreated, never in clear.
 """
@@ -23,13 +25,21 @@ from typing import Any
 
 import orjson
 from epm_domain.sealed import derive_device_keys, parse_public_key, seal_device_keys
-from epm_events.agent import KEY_KIND, POLICY_KIND, KeyUpdate, PolicyUpdate
+from epm_events.agent import (
+    KEY_KIND,
+    LOCKOUT_KIND,
+    POLICY_KIND,
+    KeyUpdate,
+    LockoutLift,
+    PolicyUpdate,
+)
 from epm_events.catalog import (
     DeviceEnrolled,
     DeviceKeyRotated,
     DeviceRevoked,
     Event,
     OfflineCodeIssued,
+    OfflineLockoutLifted,
     OfflinePolicy,
     OfflinePolicyChanged,
     OfflineResponseIssued,
@@ -90,6 +100,7 @@ class OfflineView(Projection):
             DeviceKeyRotated: self.on_key_rotated,
             OfflineCodeIssued: on_key_event,
             OfflineResponseIssued: on_key_event,
+            OfflineLockoutLifted: on_lockout_lifted,
         }
 
     def on_key_rotated(self, conn: sqlite3.Connection, e: DeviceKeyRotated, at: Applied) -> None:
@@ -223,7 +234,8 @@ def on_device_revoked(conn: sqlite3.Connection, e: DeviceRevoked, at: Applied) -
 
 
 def on_key_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
-    """DeviceKeyRotated, OfflineCodeIssued, OfflineResponseIssued: the device's key state."""
+    """DeviceKeyRotated, OfflineCodeIssued, OfflineResponseIssued, OfflineLockoutLifted: the
+    device's key state."""
     device = find_device(conn, e.aggregate_id)
     if device is None:  # pragma: no cover - issued only for devices this view knows
         return
@@ -251,6 +263,23 @@ def on_key_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:
                 at.seq,
             ),
         )
+
+
+def on_lockout_lifted(conn: sqlite3.Connection, e: OfflineLockoutLifted, at: Applied) -> None:
+    """The aggregate's sequence moves on; the device hears of the lift (if it is still one)."""
+    on_key_event(conn, e, at)
+    device = find_device(conn, e.device_id)
+    if device is None or device.revoked:
+        return
+    lift = LockoutLift(
+        tenant=at.env.tenant, device_id=e.device_id, lifted_by=e.lifted_by, reason=e.reason
+    )
+    enqueue(
+        conn,
+        device_subject(at.env.tenant, e.device_id, LOCKOUT_KIND),
+        lift.model_dump_json().encode(),
+        derived_event_id(at.env.id, LOCKOUT_KIND),
+    )
 
 
 def find_device(conn: sqlite3.Connection, device_id: str) -> OfflineDevice | None:

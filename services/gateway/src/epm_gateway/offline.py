@@ -1,5 +1,5 @@
 """HTTP routes of offline access: the tenant's offline policy, help-desk response codes,
-offline access codes, device key rotation. All forwarded to approval-svc, which
+offline access codes, device key rotation, lifting a device's lockout. All forwarded to approval-svc, which
 authorizes (404 across tenants, 403 within) and checks the policy.
 """
 
@@ -57,6 +57,12 @@ class OfflineCodesIn(BaseModel):
     )
 
 
+class LockoutLiftIn(BaseModel):
+    reason: str | None = Field(
+        default=None, max_length=500, description="why (kept in the audit trail)"
+    )
+
+
 def _args(tenant: str, device_id: str, body: BaseModel) -> dict[str, Any]:
     return {"tenant": tenant, "device_id": device_id, **body.model_dump(exclude_none=True)}
 
@@ -110,3 +116,17 @@ async def rotate_offline_key(
     """Rotate the device's offline key: codes of older versions stop working."""
     args = {"tenant": tenant, "device_id": device_id}
     return await forward(svc, APPROVALS, "rotate_device_key", args, who)
+
+
+@router.post("/v1/tenants/{tenant}/devices/{device_id}/lockout-lift", responses=REFUSALS)
+async def lift_lockout(
+    tenant: str,
+    device_id: str,
+    who: Caller,
+    svc: Service,
+    body: LockoutLiftIn | None = None,
+) -> dict[str, Any]:
+    """End the computer's lockout after wrong offline codes (OfflineLockoutLifted); it takes
+    effect when the computer is next online (epm-agent status, request or sync)."""
+    args = _args(tenant, device_id, body or LockoutLiftIn())
+    return await forward(svc, APPROVALS, "lift_lockout", args, who)

@@ -56,6 +56,15 @@ class Verdict:
     duplicates: int = 0
     refused: int = 0
     alerts: list[Alert] = field(default_factory=list)
+    refusals: list[tuple[int, str]] = field(default_factory=list)
+    """(device_seq, alert kind) of each refused record whose sequence is known: the device
+    is told which of its records were refused, and why (ReplayAck.refusals)."""
+
+    def refuse(self, seq: Any, alert: Alert) -> None:
+        self.refused += 1
+        self.alerts.append(alert)
+        if isinstance(seq, int):
+            self.refusals.append((seq, alert.kind))
 
 
 def code_refs(device_id: str, record: OfflineCodeRedeemed) -> list[str]:
@@ -111,6 +120,11 @@ def decide(
                 f"{device_id}:head:{batch.first_seq}:{batch.chain_head}",
             )
         )
+        out.refusals = [
+            (seq, "log_tampered")
+            for seq in (e.data.get("device_seq") for e in entries)
+            if isinstance(seq, int)
+        ]
         return out
     prev: OfflineLogEntry | None = None
     prev_seq = 0
@@ -118,21 +132,18 @@ def decide(
     for entry in entries:
         record, problem, uploaded = _record_of(device_id, entry)
         if record is None or problem is not None:
-            out.refused += 1
             seq = record.device_seq if record is not None else entry.data.get("device_seq")
-            out.alerts.append(_tampered(device_id, entry, seq, problem or "invalid"))
+            out.refuse(seq, _tampered(device_id, entry, seq, problem or "invalid"))
             if isinstance(seq, int):
                 refused_here.add(seq)
             continue
         seq = record.device_seq
         if prev is not None and seq <= prev_seq:
-            out.refused += 1
-            out.alerts.append(_tampered(device_id, entry, seq, "records out of order"))
+            out.refuse(seq, _tampered(device_id, entry, seq, "records out of order"))
             continue
         if prev is not None and seq == prev_seq + 1 and entry.prev_hash != prev.record_hash:
-            out.refused += 1
-            out.alerts.append(
-                _tampered(device_id, entry, seq, "does not chain to the record before it")
+            out.refuse(
+                seq, _tampered(device_id, entry, seq, "does not chain to the record before it")
             )
             refused_here.add(seq)
             prev, prev_seq = entry, seq
@@ -143,8 +154,8 @@ def decide(
             if accepted == entry.record_hash:
                 out.duplicates += 1
             else:
-                out.refused += 1
-                out.alerts.append(
+                out.refuse(
+                    seq,
                     Alert(
                         "log_fork",
                         f"device {device_id} uploaded another record {seq} than the one "
@@ -156,7 +167,7 @@ def decide(
                             "offered": _summary(entry),
                         },
                         f"{device_id}:fork:{seq}:{entry.record_hash}",
-                    )
+                    ),
                 )
             continue
         before = hashes.get(seq - 1)

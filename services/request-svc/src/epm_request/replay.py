@@ -35,12 +35,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
-from epm_events.agent import REPLAY_KIND, ReplayAck
-from epm_events.catalog import SecurityAlertRaised
+from epm_events.agent import REPLAY_KIND, ReplayAck, ReplayRefusal
+from epm_events.catalog import AdminSessionStarted, SecurityAlertRaised
 from epm_events.envelope import service_source
 from epm_events.ids import derived_event_id
 from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import AgentSubject, aggregate_filter, device_subject
+from epm_service.errors import CommandError
+from epm_service.principal import SYSTEM
 from epm_service.processes import WorkerDied, WorkerProcesses
 from epm_service.projection import Projector
 from epm_service.publisher import (
@@ -51,6 +53,7 @@ from epm_service.publisher import (
     ConcurrencyConflict,
     append_encoded,
 )
+from epm_service.rpc import call
 from epm_service.runtime import ServiceContext, tune_gc
 
 from epm_request.offline_replay import Alert
@@ -65,6 +68,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CATCH_UP_TIMEOUT = 30.0
+APPROVALS = "approval-svc"
+ROTATE_TIMEOUT = 5.0
+_ADMIN_SESSION = "." + AdminSessionStarted.NAME
 
 
 class EarlierUploadPending(Exception):
@@ -166,6 +172,9 @@ class OfflineReplay:
                 )
                 await self._catch_up()
                 job = replace(job, codes_checked=True)
+        sessions = [i for subject, _, i in prepared.records if subject.endswith(_ADMIN_SESSION)]
+        if sessions:
+            await self._rotate_device_key(tenant, device, sessions)
         ack = ReplayAck(
             tenant=tenant,
             device_id=device,
@@ -175,12 +184,15 @@ class OfflineReplay:
             accepted=len(prepared.records),
             duplicates=prepared.duplicates,
             refused=prepared.refused,
+            refusals=tuple(ReplayRefusal(device_seq=s, kind=k) for s, k in prepared.refusals),
         )
         await self.bulk.publish(
             [
                 (
                     device_subject(tenant, device, REPLAY_KIND),
-                    orjson.dumps(ack.model_dump(mode="json")),
+                    # without ``refusals`` when there are none: agents that predate the field
+                    # (their models forbid unknown fields) read every other ack as before
+                    orjson.dumps(ack.model_dump(mode="json", exclude_defaults=True)),
                     {
                         MSG_ID: derived_event_id(batch_id, "ReplayAck"),
                         EXPECTED_STREAM: DEVICE.name,
@@ -237,6 +249,42 @@ class OfflineReplay:
             [(s, p, {MSG_ID: i}) for s, p, i in rest], PUBLISH_ACK_TIMEOUT
         )
         self._appended[device] = max([ack.seq, *(s.seq for s in stored)])
+
+    async def _rotate_device_key(self, tenant: str, device: str, sessions: list[str]) -> None:
+        """An offline full-admin session was replayed: the device key version is rotated at
+        this, the device's next online contact (DESIGN.md; approval-svc's
+        ``rotate_device_key``, principal SYSTEM), so the codes of the version the session
+        was opened under stop working once the agent reads its KeyUpdate.
+
+        Once per session: only the replay that APPENDED the AdminSessionStarted gets here
+        (a re-sent, redelivered or concurrently replayed batch finds it a duplicate). The
+        price: a failure here (approval-svc unreachable, request-svc killed in between) is
+        logged and not retried; an administrator rotates with ``epm offline rotate-key``."""
+        try:
+            result = await call(
+                self.ctx.bus.nc,
+                APPROVALS,
+                "rotate_device_key",
+                {"tenant": tenant, "device_id": device},
+                SYSTEM,
+                timeout=ROTATE_TIMEOUT,
+            )
+        except CommandError as exc:
+            log.error(
+                "device key NOT rotated after an offline admin session: %s",
+                exc,
+                extra={"tenant": tenant, "device_id": device, "sessions": sessions},
+            )
+            return
+        log.info(
+            "device key rotated after an offline admin session",
+            extra={
+                "tenant": tenant,
+                "device_id": device,
+                "key_version": result.get("key_version"),
+                "sessions": sessions,
+            },
+        )
 
     async def _raise(self, tenant: str, device: str, batch_id: str, alert: Alert) -> None:
         event_id = derived_event_id(alert.key, "SecurityAlertRaised")

@@ -1,5 +1,6 @@
-"""``epm offline policy get|set``, ``epm offline respond``, ``epm offline codes``: the help desk's
-offline tools and the tenant's offline policy (API.md). Codes are shown once, never logged."""
+"""``epm offline policy get|set``, ``epm offline respond``, ``epm offline codes``,
+``epm offline rotate-key|revoke-codes|lift-lockout``: the help desk's offline tools and the
+tenant's offline policy (API.md). Codes are shown once, never logged."""
 
 from __future__ import annotations
 
@@ -268,3 +269,50 @@ def revoke_codes(
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("DELETE", f"/v1/tenants/{tenant}/devices/{device}/offline-codes")
     emit(answer, as_json, f"{device}: unused codes void (key version {answer.get('key_version')})")
+
+
+@app.command("lift-lockout")
+def lift_lockout(
+    tenant: TenantOption,
+    device: Annotated[
+        str | None,
+        typer.Argument(
+            help="The computer's device id (see 'epm device list').", show_default=False
+        ),
+    ] = None,
+    device_option: Annotated[
+        str | None,
+        typer.Option("--device", help="The same, as an option (like the other commands)."),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (kept in the audit trail).")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """End a computer's lockout after wrong offline codes; it takes effect when the computer
+    is next online (epm-agent status, request or sync).
+
+    Example: epm offline lift-lockout --tenant acme d-0123 --reason "user mistyped"
+    """
+    if device and device_option and device != device_option:
+        fail(f"two devices given: {device} and --device {device_option}; give one", as_json, 2)
+    chosen = device or device_option
+    if not chosen:
+        fail(
+            "give the computer's device id, e.g. epm offline lift-lockout --tenant acme d-0123 "
+            "(see 'epm device list')",
+            as_json,
+            2,
+        )
+    body: dict[str, Any] = {"reason": reason} if reason else {}
+    with api_session(url, token, data_dir, as_json) as api:
+        answer = api.call("POST", f"/v1/tenants/{tenant}/devices/{chosen}/lockout-lift", body)
+    emit(
+        answer,
+        as_json,
+        f"{chosen}: lockout lifted; the computer applies it when it is next online "
+        "(epm-agent status, request or sync)",
+    )
