@@ -11,12 +11,13 @@ import typer
 
 from epm_cli import nats_auth
 from epm_cli.dev.command import dev
-from epm_cli.output import JsonFlag, emit, fail
+from epm_cli.output import JsonFlag, JsonUsageErrors, emit, fail
 from epm_cli.services import SERVICES, runner
 from epm_cli.technician import audit, devices, events, notify, requests, rules, tenant, token
 from epm_cli.technician import offline as offline_tools
 
 app = typer.Typer(
+    cls=JsonUsageErrors,  # with --json, usage errors are {"error": ...} too
     help="EPM: endpoint privilege management for MSPs. Every command accepts --json.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -22,11 +22,15 @@ from epm_audit.verify import TrailVerdict, verify_lines
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.technician.api import default_data_dir, default_token, default_url
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    page_params,
     render_table,
+    with_more,
 )
 from epm_cli.technician.problem import problem_message
 
@@ -41,6 +45,7 @@ COLUMNS = ["seq", "tenant", "type", "actor", "received_at", "device_time"]
 
 @app.command("list")
 def list_records(
+    ctx: typer.Context,
     tenant: TenantOption = None,
     type_: Annotated[str | None, typer.Option("--type", help="Event name, e.g. Approved.")] = None,
     device: Annotated[str | None, typer.Option(help="Device id.")] = None,
@@ -48,8 +53,8 @@ def list_records(
     request: Annotated[str | None, typer.Option(help="Request id.")] = None,
     since: Annotated[str | None, typer.Option(help="Received at or after (RFC 3339).")] = None,
     until: Annotated[str | None, typer.Option(help="Received before (RFC 3339).")] = None,
-    cursor: Annotated[str | None, typer.Option(help="next_cursor of the last page.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="Records per page.")] = 100,
+    cursor: CursorOption = None,
+    limit: Annotated[int | None, limit_option(500)] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
@@ -67,19 +72,15 @@ def list_records(
         "request": request,
         "since": since,
         "until": until,
-        "cursor": cursor,
-        "limit": str(limit),
     }
-    query = str(httpx.QueryParams({k: v for k, v in params.items() if v is not None}))
+    filters = {k: v for k, v in params.items() if v is not None}
+    query = str(httpx.QueryParams({**filters, **page_params(cursor, limit)}))
     with api_session(url, token, data_dir, as_json) as api:
         page = api.call("GET", f"/v1/audit?{query}")
     rows = [
         {**r, "actor": f"{r['actor']['kind']}:{r['actor']['id']}"} for r in page.get("items", [])
     ]
-    human = render_table(rows, COLUMNS, "no audit records")
-    if page.get("next_cursor"):
-        human += f"\nmore: epm audit list --cursor {page['next_cursor']}"
-    emit(page, as_json, human)
+    emit(page, as_json, with_more(ctx, page, render_table(rows, COLUMNS, "no audit records")))
 
 
 def _client(url: str | None, token: str | None, data_dir: Path | None) -> httpx.Client:

@@ -10,11 +10,15 @@ import typer
 
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    page_params,
     render_table,
+    with_more,
 )
 
 app = typer.Typer(help="Elevation requests: list, show, decide.", no_args_is_help=True)
@@ -33,6 +37,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 @app.command("list")
 def list_requests(
+    ctx: typer.Context,
     tenant: Annotated[
         str | None,
         typer.Option("--tenant", help="One tenant (local view); leave out for the global view."),
@@ -40,27 +45,26 @@ def list_requests(
     status: Annotated[
         str, typer.Option("--status", help="open, approved, denied, expired or all.")
     ] = "open",
+    limit: Annotated[int | None, limit_option(200)] = None,
+    cursor: CursorOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List requests: one tenant's (--tenant) or every tenant's (MSP).
+    """List requests: one tenant's (--tenant) or every tenant's (MSP), a page at a time.
 
     Examples: epm request list --tenant acme;  epm request list --status all --json
     """
-    query = urlencode({"status": status})
+    query = urlencode({"status": status, **page_params(cursor, limit)})
     path = f"/v1/tenants/{tenant}/requests?{query}" if tenant else f"/v1/requests?{query}"
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("GET", path)
     items = [_row(r) for r in answer.get("items", [])]
-    emit(
-        answer,
-        as_json,
-        render_table(
-            items, ["id", "tenant", "user", "application", "status", "by"], f"no {status} requests"
-        ),
+    table = render_table(
+        items, ["id", "tenant", "user", "application", "status", "by"], f"no {status} requests"
     )
+    emit(answer, as_json, with_more(ctx, answer, table))
 
 
 @app.command("show")
@@ -85,10 +89,36 @@ def show(
         f"       sha256 {app_.get('sha256')}",
         f"       {app_.get('path')}",
         f"why:   {answer.get('reason')}",
+        *_decision_lines(answer),
         "history:",
         *(f"  {h['seq']:>8}  {h['time']}  {h['type']}" for h in answer.get("history", [])),
     ]
     emit(answer, as_json, "\n".join(lines))
+
+
+def _decision_lines(answer: dict[str, Any]) -> list[str]:
+    """Who decided, in which scope, by which rule, when and why (the reason is the
+    Approved/Denied event's, in the history)."""
+    decision = answer.get("decision")
+    if not isinstance(decision, dict):
+        return ["decision: none yet" if answer.get("status") == "open" else "decision: none"]
+    kind = f" ({decision['by_kind']})" if decision.get("by_kind") else ""
+    lines = [
+        f"decision: {decision.get('decision')} ({decision.get('scope')}) by "
+        f"{decision.get('by')}{kind} at {decision.get('at')}"
+    ]
+    if decision.get("rule_id"):
+        lines.append(f"          rule {decision['rule_id']}")
+    reason = decision.get("reason")
+    if not reason:
+        decided = [h for h in answer.get("history", []) if h.get("type") in DECIDED_EVENTS]
+        reason = ((decided[-1].get("data") or {}) if decided else {}).get("reason")
+    if reason:
+        lines.append(f"          reason: {reason}")
+    return lines
+
+
+DECIDED_EVENTS = ("Approved", "Denied")
 
 
 @app.command("decide")

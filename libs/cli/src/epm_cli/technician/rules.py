@@ -44,11 +44,13 @@ def list_rules(
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("GET", path)
     items = [_summary(r) for r in answer.get("items", [])]
-    emit(
-        answer,
-        as_json,
-        render_table(items, ["id", "name", "effect", "enabled", "matches"], "no rules"),
-    )
+    table = render_table(items, ["id", "name", "effect", "enabled", "matches"], "no rules")
+    if answer.get("next_cursor"):  # GET .../rules takes no cursor yet: say so, not a hint
+        table += (
+            f"\nonly the first {len(items)} rules are shown: there are more, "
+            f"and GET {path} does not page yet"
+        )
+    emit(answer, as_json, table)
 
 
 @app.command("create")

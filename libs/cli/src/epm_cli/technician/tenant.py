@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 import typer
 
 from epm_cli.output import JsonFlag, emit
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    literal_help,
+    page_params,
     render_table,
+    with_more,
 )
 
 app = typer.Typer(help="Customer tenants (msp_admin).", no_args_is_help=True)
@@ -21,7 +27,10 @@ app = typer.Typer(help="Customer tenants (msp_admin).", no_args_is_help=True)
 @app.command("create")
 def create(
     tenant_id: Annotated[
-        str, typer.Argument(metavar="ID", help="Tenant id: [a-z0-9][a-z0-9-]{0,62}, e.g. acme.")
+        str,
+        typer.Argument(
+            metavar="ID", help=literal_help("Tenant id: [a-z0-9][a-z0-9-]{0,62}, e.g. acme.")
+        ),
     ],
     name: Annotated[str, typer.Option("--name", help="Display name, e.g. 'Acme Corp'.")],
     url: UrlOption = None,
@@ -44,16 +53,24 @@ def create(
 
 @app.command("list")
 def list_(
+    ctx: typer.Context,
+    limit: Annotated[int | None, limit_option(500)] = None,
+    cursor: CursorOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List customer tenants.
+    """List customer tenants, a page at a time.
 
     Example: epm tenant list --json
     """
+    query = urlencode(page_params(cursor, limit))
     with api_session(url, token, data_dir, as_json) as api:
-        answer = api.call("GET", "/v1/tenants")
+        answer = api.call("GET", f"/v1/tenants?{query}" if query else "/v1/tenants")
     items = answer.get("items", []) if isinstance(answer, dict) else []
-    emit(answer, as_json, render_table(items, ["id", "name"], "no tenants yet"))
+    emit(
+        answer,
+        as_json,
+        with_more(ctx, answer, render_table(items, ["id", "name"], "no tenants yet")),
+    )

@@ -59,7 +59,7 @@ def revoke(
 ) -> None:
     """Revoke a token: it stops working at once (an integrator's NATS credentials too).
 
-    Example: epm token revoke tok_0123
+    Example: epm token revoke tok-3f9a0c21d4e5b6a7c8d9
     """
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("DELETE", f"/v1/tokens/{quote(token_id, safe='')}")
