@@ -46,7 +46,11 @@ def secret_box(ctx: ServiceContext) -> SecretBox:
 
 
 class HttpClient:
-    """The HTTP session the webhook and push senders share, closed with the service."""
+    """The HTTP session the webhook and push senders share, closed with the service.
+
+    Unless EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS is set it resolves host names with
+    PublicOnlyResolver: nothing is sent to a name that resolves to a non-public address.
+    """
 
     def __init__(self, cfg: NotifySettings) -> None:
         self.cfg = cfg
@@ -61,7 +65,13 @@ class HttpClient:
         timeout = aiohttp.ClientTimeout(
             total=self.cfg.http_timeout, connect=self.cfg.connect_timeout
         )
-        connector = aiohttp.TCPConnector(limit=200, limit_per_host=self.cfg.per_channel_concurrency)
+        from epm_notify.webhook import PublicOnlyResolver
+
+        connector = aiohttp.TCPConnector(
+            limit=200,
+            limit_per_host=self.cfg.per_channel_concurrency,
+            resolver=None if self.cfg.allow_private_webhooks else PublicOnlyResolver(),
+        )
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
 
     async def stop(self) -> None:
@@ -77,6 +87,7 @@ async def start_workers(ctx: ServiceContext) -> None:
     box = secret_box(ctx)
     http = HttpClient(cfg)
     smtp = SmtpServer.parse(ctx.settings.smtp_url) if ctx.settings.smtp_url else None
+    private = cfg.allow_private_webhooks
     await ctx.start_worker(http)
     await ctx.start_worker(
         Dispatcher(
@@ -85,9 +96,11 @@ async def start_workers(ctx: ServiceContext) -> None:
             ctx.projector(NotifyStore.name),
             box,
             {
-                "webhook": WebhookSender(http.session),
+                "webhook": WebhookSender(http.session, allow_private=private),
                 "email": MailSender(smtp, cfg.mail_from, cfg.smtp_timeout),
-                "push": PushSender(http.session, vapid_signer(box), cfg.vapid_subject),
+                "push": PushSender(
+                    http.session, vapid_signer(box), cfg.vapid_subject, allow_private=private
+                ),
             },
             cfg.retry,
             per_channel=cfg.per_channel_concurrency,
@@ -100,7 +113,7 @@ async def start_workers(ctx: ServiceContext) -> None:
 DEFINITION = ServiceDefinition(
     name=NAME,
     projections=[lambda ctx: NotifyStore(ctx.settings.public_url)],
-    commands=lambda ctx: NotifyCommands(ctx, secret_box(ctx)).table(),
+    commands=lambda ctx: NotifyCommands(ctx, secret_box(ctx), NotifySettings()).table(),
     on_start=start_workers,
 )
 

@@ -4,6 +4,10 @@ Pure: no I/O. A channel belongs to one tenant or to the MSP (the reserved
 tenant ``_global``). Its target (URL, address, push endpoint) travels in
 NotificationChannelAdded in clear; its secret (a webhook signing secret, a
 push subscription's keys) is sealed by the caller before it goes anywhere.
+
+What a deployment accepts depends on its settings (Rules): URLs must point at
+public hosts unless EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS is set (epm_notify.addresses),
+and e-mail channels need EPM_SMTP_URL.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from epm_events.ids import GLOBAL_TENANT
 from epm_service.errors import Forbidden, Invalid, NotFound
 from epm_service.principal import Principal
 
+from epm_notify.addresses import literal_refusal, refused_url_message
+from epm_notify.mail import SMTP_URL_FORMS
+
 Kind = Literal["webhook", "email", "push"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 MSP_WIDE = GLOBAL_TENANT
@@ -34,6 +41,18 @@ _EMAIL = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
+class Rules:
+    """What this notify-svc accepts, from its settings: URLs to loopback, private and
+    link-local hosts (EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS), e-mail channels (EPM_SMTP_URL)."""
+
+    allow_private_hosts: bool = False
+    smtp_configured: bool = False
+
+
+STRICT = Rules()  # nothing private, no e-mail
+
+
+@dataclass(frozen=True, slots=True)
 class NewChannel:
     """A checked ``add_channel`` request. ``secret`` is to be sealed; ``shown_secret`` is the
     one the caller sees once (a webhook secret, generated when none was given)."""
@@ -44,19 +63,25 @@ class NewChannel:
     shown_secret: str | None
 
 
-def new_channel(args: dict[str, Any]) -> NewChannel:
+def new_channel(args: dict[str, Any], rules: Rules = STRICT) -> NewChannel:
     kind = args.get("kind")
     if kind not in KINDS:
         raise Invalid(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if kind == "webhook":
-        url = check_url(args.get("url"), "url")
+        url = check_url(args.get("url"), "url", rules)
         given = args.get("secret")
         secret = generate_webhook_secret() if given in (None, "") else str(given)
         webhook_key(secret)
         return NewChannel("webhook", {"url": url}, secret, secret)
     if kind == "email":
-        return NewChannel("email", {"to": check_email(args.get("to"))}, None, None)
-    endpoint, keys = check_subscription(args.get("subscription"))
+        to = check_email(args.get("to"))
+        if not rules.smtp_configured:
+            raise Invalid(
+                "e-mail channels need an SMTP server and notify-svc has none: set EPM_SMTP_URL "
+                f"for notify-svc to {SMTP_URL_FORMS}, then add the channel again"
+            )
+        return NewChannel("email", {"to": to}, None, None)
+    endpoint, keys = check_subscription(args.get("subscription"), rules)
     return NewChannel("push", {"endpoint": endpoint}, orjson.dumps(keys).decode(), None)
 
 
@@ -86,7 +111,7 @@ def webhook_key(secret: str) -> bytes:
 # --- targets ------------------------------------------------------------------------------
 
 
-def check_url(value: Any, what: str) -> str:
+def check_url(value: Any, what: str, rules: Rules) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"{what} is required: an http:// or https:// URL")
     if len(value) > 2048:
@@ -100,6 +125,10 @@ def check_url(value: Any, what: str) -> str:
         raise Invalid(f"{what} must be an http:// or https:// URL with a host, not {value!r}")
     if parts.username or parts.password:
         raise Invalid(f"{what} must not carry credentials; webhooks are signed instead")
+    if not rules.allow_private_hosts:
+        why = literal_refusal(parts.hostname)
+        if why is not None:
+            raise Invalid(refused_url_message(what, value, why))
     return value
 
 
@@ -109,11 +138,11 @@ def check_email(value: Any) -> str:
     return value
 
 
-def check_subscription(value: Any) -> tuple[str, dict[str, str]]:
+def check_subscription(value: Any, rules: Rules) -> tuple[str, dict[str, str]]:
     """A browser's PushSubscription JSON: ``{endpoint, keys: {p256dh, auth}}``."""
     if not isinstance(value, dict):
         raise Invalid("subscription must be a PushSubscription object {endpoint, keys}")
-    endpoint = check_url(value.get("endpoint"), "subscription.endpoint")
+    endpoint = check_url(value.get("endpoint"), "subscription.endpoint", rules)
     keys = value.get("keys")
     if not isinstance(keys, dict):
         raise Invalid("subscription.keys must hold p256dh and auth")

@@ -15,17 +15,25 @@ from epm_service.secretbox import SecretBox
 from epm_service.tenants import tenant_exists
 
 from epm_notify import store
-from epm_notify.channels import MSP_WIDE, authorize, new_channel, scope_of
+from epm_notify.channels import MSP_WIDE, Rules, authorize, new_channel, scope_of
+from epm_notify.config import NotifySettings
 from epm_notify.dispatcher import channel_context
 from epm_notify.store import NotifyStore
 from epm_notify.vapid import application_server_key, vapid_key
 
 
 class NotifyCommands:
-    def __init__(self, ctx: ServiceContext, box: SecretBox) -> None:
+    def __init__(
+        self, ctx: ServiceContext, box: SecretBox, cfg: NotifySettings | None = None
+    ) -> None:
         self.ctx = ctx
         self.box = box
         self.store = ctx.projector(NotifyStore.name)
+        cfg = cfg or NotifySettings()
+        self.rules = Rules(
+            allow_private_hosts=cfg.allow_private_webhooks,
+            smtp_configured=bool(ctx.settings.smtp_url),
+        )
 
     def table(self) -> dict[str, CommandHandler]:
         return {
@@ -46,7 +54,7 @@ class NotifyCommands:
 
     async def add_channel(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         scope = await self._scope(args, p)
-        spec = new_channel(args)
+        spec = new_channel(args, self.rules)
         channel_id = new_id("ch")
         sealed = (
             None

@@ -23,6 +23,9 @@ class NotifySettings(BaseSettings):
     max_age: float = 86400.0  # older events are not announced (a first start on old history)
     vapid_subject: str = "mailto:epm@localhost"
     mail_from: str = "EPM <epm@localhost>"
+    # webhooks and push endpoints on loopback, private, link-local addresses (a lab, a
+    # developer machine); off, such URLs are refused when added and when resolved
+    allow_private_webhooks: bool = False
 
     @field_validator("retry_base", "retry_cap", "max_age", mode="before")
     @classmethod

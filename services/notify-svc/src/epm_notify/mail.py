@@ -19,6 +19,10 @@ import orjson
 from epm_notify.retry import Delivered, NotDelivered, Outcome
 
 _TRUE = ("1", "true", "yes", "on")
+SMTP_URL_FORMS = (
+    "smtp://host:25, smtp://user:pass@host:587?starttls=true or smtps://host:465"
+    " (a from=addr query parameter sets the sender)"
+)
 
 
 class SmtpUrlError(ValueError):
@@ -39,10 +43,7 @@ class SmtpServer:
     def parse(cls, url: str) -> SmtpServer:
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise SmtpUrlError(
-                "EPM_SMTP_URL must look like smtp://host:25, smtp://user:pass@host:587?starttls=true"
-                " or smtps://host:465"
-            )
+            raise SmtpUrlError(f"EPM_SMTP_URL must look like {SMTP_URL_FORMS}")
         query = parse_qs(parts.query)
         use_tls = parts.scheme == "smtps"
         start_tls = not use_tls and query.get("starttls", ["false"])[0].lower() in _TRUE

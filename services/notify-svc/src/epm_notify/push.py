@@ -19,10 +19,18 @@ TTL_SECONDS = 24 * 3600
 
 
 class PushSender:
-    def __init__(self, session: aiohttp.ClientSession, vapid: Vapid, subject: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        vapid: Vapid,
+        subject: str,
+        *,
+        allow_private: bool = False,
+    ) -> None:
         self.session = session
         self.vapid = vapid
         self.subject = subject
+        self.allow_private = allow_private  # as webhooks: EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS
 
     async def send(
         self, target: dict[str, Any], secret: str | None, notification_id: str, payload: bytes
@@ -47,4 +55,6 @@ class PushSender:
             "topic": notification_id.replace("-", "")[:32],
         }
         # 404/410 (the browser unsubscribed) are permanent like any other 4xx but 408/429
-        return await post(self.session, endpoint, body, headers, "push service")
+        return await post(
+            self.session, endpoint, body, headers, "push service", allow_private=self.allow_private
+        )
