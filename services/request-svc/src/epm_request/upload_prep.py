@@ -44,6 +44,7 @@ class Prepared(NamedTuple):
     duplicates: int
     refused: int
     alerts: list[Alert]
+    refusals: list[tuple[int, str]]  # (device_seq, alert kind) of the refused records
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,9 @@ def prepare_upload(job: UploadJob, conn: sqlite3.Connection) -> UploadPrepared:
         (subject_of[record.NAME], *encode_record(job, record, data))
         for record, data in zip(verdict.accepted, verdict.uploaded, strict=True)
     ]
-    prepared = Prepared(records, agg_seq, verdict.duplicates, verdict.refused, verdict.alerts)
+    prepared = Prepared(
+        records, agg_seq, verdict.duplicates, verdict.refused, verdict.alerts, verdict.refusals
+    )
     return UploadPrepared(batch.first_seq, batch.last_seq, bool(refs), prepared)
 
 
