@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,9 @@ async def notify_latency(
     tenant = "notify-bench-" + secrets.token_hex(4)
     pub = EventPublisher(bus.js, "/epm/bench")
     await pub.append(tenant, [TenantCreated(tenant_id=tenant, name=tenant, created_by="bench")], 0)
+    # the receiver listens on loopback, which notify-svc refuses to call unless told it is
+    # a lab (README.md, "Notification targets are public hosts")
+    os.environ["EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS"] = "true"
     service = await start_service(DEFINITION, svc_settings)
     try:
         await service.ctx.projector("store").wait_caught_up(timeout=600)
