@@ -82,3 +82,30 @@ def test_following_more_lines_keeps_to_the_tenant_and_status_asked_for(stack: St
     assert len(audit) == 3
     assert {row[1] for row in audit} == {"pager-x"}
     assert {row[2] for row in audit} == {"RequestCreated"}
+
+
+def test_following_more_lines_lists_every_rule_of_the_tenant_once(stack: Stack) -> None:
+    stack.ok("tenant", "create", "pager-r", "--name", "pager-r")
+    made = [
+        stack.ok(
+            "rule",
+            "create",
+            "--tenant",
+            "pager-r",
+            "--name",
+            f"r{i}",
+            "--allow",
+            "--publisher",
+            f"Publisher {i}",
+        )["id"]
+        for i in range(3)
+    ]
+    data = ["--data-dir", str(stack.dev.data_dir)]
+    wait_for(
+        "pager-r's three rules listed",
+        lambda: len(stack.ok("rule", "list", "--tenant", "pager-r")["items"]) == 3,
+        30.0,
+    )
+    rows, commands = follow("rule", "list", "--tenant", "pager-r", "--limit", "1", *data)
+    assert sorted(row[0] for row in rows) == sorted(made)
+    assert len(commands) == 3

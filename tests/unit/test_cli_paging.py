@@ -190,9 +190,16 @@ def test_a_limit_beyond_the_endpoints_page_is_a_usage_error() -> None:
     assert done.exit_code == 2
 
 
-def test_rule_list_says_when_rules_were_left_out(gateway: Callable[[Answer], FakeGateway]) -> None:
+def test_rule_list_pages_with_a_more_line_like_the_others(
+    gateway: Callable[[Answer], FakeGateway],
+) -> None:
     rule = {"id": "rule-1", "name": "7-Zip", "effect": "allow", "enabled": True, "match": {}}
-    gateway(lambda _: {"items": [rule], "next_cursor": "100"})
-    code, out = run("rule", "list", "--tenant", "acme")
+    fake = gateway(lambda _: {"items": [rule], "next_cursor": "100"})
+    code, out = run("rule", "list", "--tenant", "acme", "--limit", "1")
     assert code == 0
-    assert "only the first 1 rules are shown" in out.splitlines()[-1]
+    assert fake.paths[-1].startswith("/v1/tenants/acme/rules?")
+    assert fake.query() == {"limit": ["1"]}
+    hint = more_line(out)
+    assert hint == ["rule", "list", "--tenant", "acme", "--limit", "1", "--cursor", "100"]
+    run(*hint)
+    assert fake.query() == {"limit": ["1"], "cursor": ["100"]}

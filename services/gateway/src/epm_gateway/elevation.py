@@ -183,9 +183,21 @@ async def decide(request_id: str, body: DecisionIn, who: Caller, svc: Service) -
 # --- rules ------------------------------------------------------------------------------
 
 
+RuleCursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+RuleLimit = Annotated[int, Query(ge=1, le=500)]
+
+
+def _page(cursor: str | None, limit: int) -> dict[str, Any]:
+    return {"limit": limit, **({"cursor": cursor} if cursor else {})}
+
+
 @router.get("/v1/tenants/{tenant}/rules", tags=["rules"])
-async def tenant_rules(tenant: str, who: Caller, svc: Service) -> dict[str, Any]:
-    return await forward(svc, APPROVALS, "list_rules", {"tenant": tenant}, who)
+async def tenant_rules(
+    tenant: str, who: Caller, svc: Service, cursor: RuleCursor = None, limit: RuleLimit = 100
+) -> dict[str, Any]:
+    """A tenant's rules, a page at a time (``next_cursor`` while there are more)."""
+    args = {"tenant": tenant, **_page(cursor, limit)}
+    return await forward(svc, APPROVALS, "list_rules", args, who)
 
 
 @router.post("/v1/tenants/{tenant}/rules", status_code=201, tags=["rules"])
@@ -197,8 +209,11 @@ async def create_tenant_rule(
 
 
 @router.get("/v1/rules", tags=["rules"])
-async def global_rules(who: Caller, svc: Service) -> dict[str, Any]:
-    return await forward(svc, APPROVALS, "list_rules", {}, who)
+async def global_rules(
+    who: Caller, svc: Service, cursor: RuleCursor = None, limit: RuleLimit = 100
+) -> dict[str, Any]:
+    """The rules for all customers, a page at a time (``next_cursor`` while there are more)."""
+    return await forward(svc, APPROVALS, "list_rules", _page(cursor, limit), who)
 
 
 @router.post("/v1/rules", status_code=201, tags=["rules"])

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import typer
 
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    page_params,
     render_table,
+    with_more,
 )
 
 app = typer.Typer(help="Elevation rules: evaluated before anyone is asked.", no_args_is_help=True)
@@ -30,7 +35,10 @@ def _summary(rule: dict[str, Any]) -> dict[str, Any]:
 
 @app.command("list")
 def list_rules(
+    ctx: typer.Context,
     tenant: TenantOpt = None,
+    limit: Annotated[int | None, limit_option(500)] = None,
+    cursor: CursorOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
@@ -41,16 +49,12 @@ def list_rules(
     Example: epm rule list --tenant acme
     """
     path = f"/v1/tenants/{tenant}/rules" if tenant else "/v1/rules"
+    query = urlencode(page_params(cursor, limit))
     with api_session(url, token, data_dir, as_json) as api:
-        answer = api.call("GET", path)
+        answer = api.call("GET", f"{path}?{query}" if query else path)
     items = [_summary(r) for r in answer.get("items", [])]
     table = render_table(items, ["id", "name", "effect", "enabled", "matches"], "no rules")
-    if answer.get("next_cursor"):  # GET .../rules takes no cursor yet: say so, not a hint
-        table += (
-            f"\nonly the first {len(items)} rules are shown: there are more, "
-            f"and GET {path} does not page yet"
-        )
-    emit(answer, as_json, table)
+    emit(answer, as_json, with_more(ctx, answer, table))
 
 
 @app.command("create")
