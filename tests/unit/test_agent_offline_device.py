@@ -281,6 +281,8 @@ def test_access_code_refusals_say_why(tmp_path: Path, device: FakeServer, clock:
     admin = device.access_code("admin", today=today, minutes=30)
     with pytest.raises(PolicyDisabled, match="your administrator disabled offline admin codes"):
         agent.redeem(admin)
+    with pytest.raises(PolicyDisabled, match="connect once, e\\.g\\. 'epm-agent status'"):
+        agent.redeem(admin)  # the copy may be stale: says how to refresh it
     with pytest.raises(CodeRefused, match="run it with --exe"):
         agent.redeem(device.access_code(today=today))
 

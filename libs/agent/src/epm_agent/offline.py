@@ -46,7 +46,8 @@ class PolicyDisabled(AgentError):
     def __init__(self, provision: str) -> None:
         super().__init__(
             f"your administrator disabled {PROVISIONS[provision]} for this computer "
-            f"(offline policy: {provision}=false)"
+            f"(offline policy: {provision}=false, as this computer last heard it; if it was "
+            "enabled since, connect once, e.g. 'epm-agent status', to learn the new policy)"
         )
         self.provision = provision
 
