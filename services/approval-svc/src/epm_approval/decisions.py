@@ -199,19 +199,7 @@ class Decisions:
             fresh, fresh_seq = await load_request(self.a.js, request.id, request.tenant)
             if fresh is not None:
                 request, last_seq = fresh, fresh_seq
-            try:
-                decide_request(
-                    request,
-                    decision=decision,
-                    scope=scope,
-                    by=by,
-                    now=datetime.now(UTC),
-                    rule_id=rule_id,
-                    grant_id=None,
-                    reason=reason,
-                )
-            except RequestError as exc:
-                raise Conflict(str(exc), extra={"reason": exc.reason}) from None
+            _decision_event(request, decision, scope, by, rule_id, None, reason)
             # Before the decision: once the decision stands, the rule it owes is on record
             # exactly as the technician left it (epm_approval.owed_rules).
             name, match = new_rule
@@ -266,19 +254,7 @@ class Decisions:
         reason: str,
     ) -> Appended:
         for _attempt in range(2):
-            try:
-                event = decide_request(
-                    request,
-                    decision=decision,
-                    scope=scope,
-                    by=by,
-                    now=datetime.now(UTC),
-                    rule_id=rule_id,
-                    grant_id=grant_id,
-                    reason=reason,
-                )
-            except RequestError as exc:
-                raise Conflict(str(exc), extra={"reason": exc.reason}) from None
+            event = _decision_event(request, decision, scope, by, rule_id, grant_id, reason)
             try:
                 [done] = await self.a.publisher.append(request.tenant, [event], last_seq)
                 return done
@@ -320,6 +296,32 @@ class Decisions:
             raise NotFound(f"request {request_id} not found; check the id")
         access.require_visible(principal, found[0].tenant, f"request {request_id}")
         return found
+
+
+def _decision_event(
+    request: Request,
+    decision: Literal["approve", "deny"],
+    scope: Scope,
+    by: Actor,
+    rule_id: str | None,
+    grant_id: str | None,
+    reason: str,
+) -> Approved | Denied:
+    """The domain's decision on the request as it stands; 409 if it cannot stand (decided,
+    expired)."""
+    try:
+        return decide_request(
+            request,
+            decision=decision,
+            scope=scope,
+            by=by,
+            now=datetime.now(UTC),
+            rule_id=rule_id,
+            grant_id=grant_id,
+            reason=reason,
+        )
+    except RequestError as exc:
+        raise Conflict(str(exc), extra={"reason": exc.reason}) from None
 
 
 def _decision(value: str) -> Literal["approve", "deny"]:
