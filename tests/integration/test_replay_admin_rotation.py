@@ -98,3 +98,42 @@ async def test_a_replayed_admin_session_rotates_the_device_key_once(
     await upload(bus, device, records, str(uuid.uuid4()))  # the same session, replayed again
     await asyncio.sleep(1)
     assert len(await events_named(bus, "DeviceKeyRotated")) == 1
+
+
+async def test_a_rotation_request_svc_did_not_make_is_made_by_approval_svc(
+    bus: Bus, offline_settings: Any, monkeypatch: Any
+) -> None:
+    """request-svc's call is lost (approval-svc unreachable, request-svc killed after the
+    append): the session stays owed in approval-svc's view and its worker rotates, once."""
+    import contextlib
+
+    import epm_approval.owed_rotations as owed_rotations
+    import epm_request.replay as replay
+    from epm_approval.app import DEFINITION as APPROVAL
+    from epm_events.catalog import TenantCreated
+    from epm_request.app import DEFINITION as REQUESTS
+    from epm_service.publisher import EventPublisher
+    from epm_service.runtime import start_service
+
+    async def lost(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(replay.OfflineReplay, "_rotate_device_key", lost)
+    monkeypatch.setattr(owed_rotations, "CHECK_SECONDS", 0.2)
+    pub = EventPublisher(bus.js, "/epm/gateway")
+    await pub.append("acme", [TenantCreated(tenant_id="acme", name="acme", created_by="t")], 0)
+    approval = await start_service(APPROVAL, offline_settings)
+    requests = await start_service(REQUESTS, offline_settings)
+    try:
+        device = await enroll(bus)
+        await upload(bus, device, admin_session(device), str(uuid.uuid4()))
+        [update] = await wait_device_messages(bus, device, "key", 1)
+        assert device.keys(update).key_version == 2
+        [rotated] = await events_named(bus, "DeviceKeyRotated")
+        assert rotated["reason"] == owed_rotations.REASON
+        await asyncio.sleep(1)  # several more looks: nothing owed any more
+        assert len(await events_named(bus, "DeviceKeyRotated")) == 1
+    finally:
+        await requests.stop()
+        with contextlib.suppress(Exception):
+            await approval.stop()

@@ -16,6 +16,7 @@ Subscriptions (projections of EPM_EVENTS, each its own SQLite file):
   DeviceKeyRotated                                  -> devices; sealed ``key`` to the device
   OfflineCodeIssued, OfflineResponseIssued          -> devices (next counter), codes
   OfflineLockoutLifted                              -> devices; ``lockout`` lift to the device
+  AdminSessionStarted                               -> a key rotation owed (OwedRotations)
 
 Reactions (to new events the approval view receives, once it has caught up):
 - RequestCreated  a one-time grant, else rules: Approved/Denied at once; else
@@ -63,6 +64,7 @@ from epm_approval.decisions import Deciding, Decisions
 from epm_approval.device_commands import DeviceCommandServer
 from epm_approval.offline_commands import Offline, OfflineCommands
 from epm_approval.offline_view import OfflineView
+from epm_approval.owed_rotations import OwedRotations
 from epm_approval.owed_rules import OwedRules
 from epm_approval.rule_admin import RuleAdmin
 from epm_approval.tenant_keys import TenantKeyring
@@ -122,6 +124,7 @@ async def on_start(ctx: ServiceContext) -> None:
     await ctx.start_worker(OutboxRelay(ctx.bus.js, offline_view))
     offline = OfflineCommands(offline_of(ctx))
     await ctx.start_worker(DeviceCommandServer(ctx.bus.nc, offline, queue=NAME))
+    await ctx.start_worker(OwedRotations(offline))
 
 
 DEFINITION = ServiceDefinition(

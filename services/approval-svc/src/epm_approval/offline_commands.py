@@ -358,6 +358,10 @@ class OfflineCommands:
         device; the agent refuses older codes as soon as it has read it."""
         return await self._rotate(args, principal, reason="codes revoked")
 
+    async def rotate_owed(self, tenant: str, device_id: str, reason: str) -> dict[str, Any]:
+        """A rotation owed by a replayed offline admin session (epm_approval.owed_rotations)."""
+        return await self._rotate({"tenant": tenant, "device_id": device_id}, SYSTEM, reason)
+
     async def _rotate(
         self, args: dict[str, Any], principal: Principal, reason: str
     ) -> dict[str, Any]:

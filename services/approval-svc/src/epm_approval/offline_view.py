@@ -12,6 +12,9 @@ OutboxRelay publishes it on EPM_DEVICE with a deterministic ``Nats-Msg-Id``:
 - OfflineLockoutLifted -> ``epm.device.<t>.<d>.lockout``, a LockoutLift: the agent ends
   its offline-code lockout when it next reads its device channel.
 
+AdminSessionStarted (replayed by request-svc) makes the device's key owed a rotation until a
+DeviceKeyRotated follows it (``rotations_owed``; epm_approval.owed_rotations).
+
 Tenant keys are stored as the ciphertext of TenantKeyCreated, never in clear.
 """
 
@@ -34,6 +37,7 @@ from epm_events.agent import (
     PolicyUpdate,
 )
 from epm_events.catalog import (
+    AdminSessionStarted,
     DeviceEnrolled,
     DeviceKeyRotated,
     DeviceRevoked,
@@ -84,6 +88,12 @@ class OfflineView(Projection):
         self_generated INTEGER NOT NULL, seq INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS codes_by_device ON codes (device_id, key_version, counter);
+    -- the last offline full-admin session replayed per device, and the last key rotation:
+    -- a rotation is owed while the session is the later (epm_approval.owed_rotations)
+    CREATE TABLE IF NOT EXISTS admin_sessions (
+        device_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, session_seq INTEGER NOT NULL,
+        rotated_seq INTEGER NOT NULL DEFAULT 0
+    );
     """
         + OUTBOX_SCHEMA
     )
@@ -101,10 +111,14 @@ class OfflineView(Projection):
             OfflineCodeIssued: on_key_event,
             OfflineResponseIssued: on_key_event,
             OfflineLockoutLifted: on_lockout_lifted,
+            AdminSessionStarted: on_admin_session,
         }
 
     def on_key_rotated(self, conn: sqlite3.Connection, e: DeviceKeyRotated, at: Applied) -> None:
         on_key_event(conn, e, at)
+        conn.execute(
+            "UPDATE admin_sessions SET rotated_seq = ? WHERE device_id = ?", (at.seq, e.device_id)
+        )
         device = find_device(conn, e.device_id)
         key = find_tenant_key(conn, at.env.tenant)
         if device is None or device.revoked or not device.encryption_key or key is None:
@@ -231,6 +245,27 @@ def on_device_enrolled(conn: sqlite3.Connection, e: DeviceEnrolled, at: Applied)
 
 def on_device_revoked(conn: sqlite3.Connection, e: DeviceRevoked, at: Applied) -> None:
     conn.execute("UPDATE devices SET revoked = 1 WHERE id = ?", (e.device_id,))
+
+
+def on_admin_session(conn: sqlite3.Connection, e: AdminSessionStarted, at: Applied) -> None:
+    """A replayed offline full-admin session: the device's key is owed a rotation (DESIGN.md,
+    at its next online contact) until a DeviceKeyRotated comes after it."""
+    conn.execute(
+        "INSERT INTO admin_sessions (device_id, tenant, session_seq) VALUES (?, ?, ?)"
+        " ON CONFLICT (device_id) DO UPDATE SET"
+        " session_seq = max(session_seq, excluded.session_seq)",
+        (e.device_id, at.env.tenant, at.seq),
+    )
+
+
+def rotations_owed(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(tenant, device id) of every enrolled device whose last admin session came after its
+    last key rotation."""
+    rows = conn.execute(
+        "SELECT a.tenant, a.device_id FROM admin_sessions a JOIN devices d ON d.id = a.device_id"
+        " WHERE a.session_seq > a.rotated_seq AND d.revoked = 0 ORDER BY a.session_seq"
+    ).fetchall()
+    return [(str(t), str(d)) for t, d in rows]
 
 
 def on_key_event(conn: sqlite3.Connection, e: Event, at: Applied) -> None:

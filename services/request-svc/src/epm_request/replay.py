@@ -257,9 +257,10 @@ class OfflineReplay:
         was opened under stop working once the agent reads its KeyUpdate.
 
         Once per session: only the replay that APPENDED the AdminSessionStarted gets here
-        (a re-sent, redelivered or concurrently replayed batch finds it a duplicate). The
-        price: a failure here (approval-svc unreachable, request-svc killed in between) is
-        logged and not retried; an administrator rotates with ``epm offline rotate-key``."""
+        (a re-sent, redelivered or concurrently replayed batch finds it a duplicate). A
+        failure here (approval-svc unreachable, request-svc killed in between) is logged;
+        approval-svc then rotates the key itself, the session still owed a rotation in its
+        offline view (epm_approval.owed_rotations)."""
         try:
             result = await call(
                 self.ctx.bus.nc,
