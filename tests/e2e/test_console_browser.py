@@ -321,6 +321,23 @@ def test_offline_help_desk_answer_is_accepted_by_the_agent(
     msp.get_by_role("button", name="Issue codes").click()
     codes = msp.get_by_role("list", name="Offline access codes").get_by_role("listitem")
     expect(codes).to_have_count(1)
+
+    # the user mistypes response codes until the computer locks; the help desk lifts it
+    agent(computer, "offline", "request-code", "--exe", str(tool), "--offline")
+    for _ in range(10):
+        code, wrong = agent(computer, "offline", "respond", "0000-0000-0000", "--offline")
+        if wrong.get("reason") == "locked":
+            break
+    assert wrong.get("reason") == "locked", wrong
+    lift = msp.get_by_role("form", name="Lift a lockout")
+    lift.get_by_label("Reason (kept in the audit trail)").fill("user mistyped")
+    lift.get_by_role("button", name="Lift lockout").click()
+    expect(msp.get_by_text("Lockout lifted")).to_be_visible()
+    wait_for(
+        "the lift to reach a2",
+        lambda: "locked_until" not in agent(computer, "status")[1],
+        30.0,
+    )
     choose_customer(msp, "All customers")
     msp.get_by_role("button", name="Requests").click()
 

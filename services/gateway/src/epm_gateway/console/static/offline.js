@@ -1,4 +1,5 @@
-// Offline help desk: answer a computer's request code, issue access codes, edit the policy.
+// Offline help desk: answer a computer's request code, issue access codes, lift a lockout,
+// edit the policy.
 import { api, ApiError } from "./api.js";
 import { $, $$, h, notify } from "./dom.js";
 
@@ -103,6 +104,14 @@ export function offlineView(ctx) {
       ...answer.codes.map((c) => h("li", {}, c.code, h("span", { class: "muted" }, `  valid until ${new Date(c.expires_at).toLocaleDateString()}`))),
     );
     list.hidden = false;
+  });
+
+  $("#lockout-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const reason = $("#lockout-reason").value.trim();
+    await api("POST", `${devicePath()}/lockout-lift`, reason ? { reason } : {});
+    $("#lockout-reason").value = "";
+    notify("Lockout lifted; the computer applies it when it is next online.", "ok");
   });
 
   $("#policy-form").addEventListener("submit", async (e) => {
