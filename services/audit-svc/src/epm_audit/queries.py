@@ -70,21 +70,32 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord(seq, eid, t, type_, subject, ns, cseq, raw, prev, h)
 
 
-def _rows(conn: sqlite3.Connection, where: list[str], params: list[Any]) -> Iterator[AuditRecord]:
-    """Rows in stream order, fetched a few hundred at a time (never the whole table)."""
+def _paged(
+    conn: sqlite3.Connection,
+    columns: str,
+    source: str,
+    seq: str,
+    where: list[str],
+    params: list[Any],
+) -> Iterator[tuple[Any, ...]]:
+    """Rows in stream order (``seq``, the first column), fetched a few hundred at a time
+    (never the whole table); ``params[0]`` is the sequence to start after."""
     after = params[0]
     while True:
-        cur = conn.execute(
-            f"SELECT {COLUMNS} FROM audit_records WHERE {' AND '.join(where)} "
-            f"ORDER BY seq LIMIT {FETCH}",
+        rows = conn.execute(
+            f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)} "
+            f"ORDER BY {seq} LIMIT {FETCH}",
             [after, *params[1:]],
-        )
-        rows = cur.fetchall()
-        for row in rows:
-            yield _record(row)
+        ).fetchall()
+        yield from rows
         if len(rows) < FETCH:
             return
         after = rows[-1][0]
+
+
+def _rows(conn: sqlite3.Connection, where: list[str], params: list[Any]) -> Iterator[AuditRecord]:
+    for row in _paged(conn, COLUMNS, "audit_records", "seq", where, params):
+        yield _record(row)
 
 
 def _rows_with_request(
@@ -92,20 +103,9 @@ def _rows_with_request(
 ) -> Iterator[tuple[AuditRecord, bytes | None]]:
     """Like ``_rows``, each record with the stored RequestCreated of its request (None: not
     about a request, the RequestCreated itself, or a request whose creation is not in)."""
-    after = params[0]
-    while True:
-        cur = conn.execute(
-            f"SELECT {LIST_COLUMNS} FROM {WITH_REQUEST} WHERE {' AND '.join(where)} "
-            f"ORDER BY r.seq LIMIT {FETCH}",
-            [after, *params[1:]],
-        )
-        rows = cur.fetchall()
-        for row in rows:
-            created = row[-1]
-            yield _record(row[:-1]), None if created is None else bytes(created)
-        if len(rows) < FETCH:
-            return
-        after = rows[-1][0]
+    for row in _paged(conn, LIST_COLUMNS, WITH_REQUEST, "r.seq", where, params):
+        created = row[-1]
+        yield _record(row[:-1]), None if created is None else bytes(created)
 
 
 def list_page(
