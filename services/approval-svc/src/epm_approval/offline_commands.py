@@ -23,6 +23,7 @@ from epm_domain.offline_codes import response_code as make_response_code
 from epm_domain.sealed import SealedError, derive_device_keys, parse_public_key, seal_device_keys
 from epm_events.catalog import (
     DeviceKeyRotated,
+    Event,
     OfflineCodeIssued,
     OfflineLockoutLifted,
     OfflinePolicy,
@@ -35,7 +36,7 @@ from epm_service.aggregates import read_aggregate
 from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
 from epm_service.principal import SYSTEM, Principal
 from epm_service.projection import Projector
-from epm_service.publisher import ConcurrencyConflict, EventPublisher
+from epm_service.publisher import Appended, ConcurrencyConflict, EventPublisher
 from epm_service.runtime import ServiceContext
 from epm_service.tenants import tenant_exists
 from nats.js import JetStreamContext
@@ -90,6 +91,7 @@ class Offline:
 _RUNNING: weakref.WeakKeyDictionary[Projector, Offline] = weakref.WeakKeyDictionary()
 P = ParamSpec("P")
 R = TypeVar("R")
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +188,10 @@ class OfflineCommands:
             args.get("minutes"),
         )
         master = await self.tenant_key(tenant)
-        state = device.key
-        for _attempt in range(MAX_APPEND_ATTEMPTS):
-            keys = derive_device_keys(master, tenant, device.id, state.key_version)
-            code = make_response_code(
-                keys.response, device.id, request_code, grant, state.key_version
-            )
-            event = OfflineResponseIssued(
+        done, event, state = await self._append_on_key(
+            tenant,
+            device,
+            lambda state: OfflineResponseIssued(
                 device_id=device.id,
                 response_id=new_id("resp"),
                 grant=grant.grant,
@@ -200,14 +199,11 @@ class OfflineCommands:
                 minutes=grant.minutes or None,
                 key_version=state.key_version,
                 issued_by=principal.actor,
-            )
-            try:
-                [done] = await self.o.publisher.append(tenant, [event], state.last_seq)
-                break
-            except ConcurrencyConflict:
-                state = await self._key_state(tenant, device.id)  # rotated or issued meanwhile
-        else:  # pragma: no cover
-            raise Conflict("this device's codes are being issued by many at once; try again")
+            ),
+            busy="this device's codes are being issued by many at once; try again",
+        )
+        keys = derive_device_keys(master, tenant, device.id, state.key_version)
+        code = make_response_code(keys.response, device.id, request_code, grant, state.key_version)
         log.info(
             "offline response issued",
             extra={
@@ -410,18 +406,14 @@ class OfflineCommands:
         access.require_lockout_lifter(principal)
         device = await self._device(tenant, args)
         reason = text(args, "reason", max_len=500, default="")
-        state = device.key
-        for _attempt in range(MAX_APPEND_ATTEMPTS):
-            event = OfflineLockoutLifted(
+        done, _, _ = await self._append_on_key(
+            tenant,
+            device,
+            lambda _state: OfflineLockoutLifted(
                 device_id=device.id, lifted_by=principal.actor, reason=reason
-            )
-            try:
-                [done] = await self.o.publisher.append(tenant, [event], state.last_seq)
-                break
-            except ConcurrencyConflict:
-                state = await self._key_state(tenant, device.id)  # a code issued meanwhile
-        else:  # pragma: no cover
-            raise Conflict("this device's offline state is being changed by many; try again")
+            ),
+            busy="this device's offline state is being changed by many; try again",
+        )
         log.info(
             "device lockout lifted",
             extra={
@@ -440,6 +432,28 @@ class OfflineCommands:
         }
 
     # --- shared --------------------------------------------------------------------------
+
+    async def _append_on_key(
+        self,
+        tenant: str,
+        device: OfflineDevice,
+        make: Callable[[DeviceKeyState], E],
+        *,
+        busy: str,
+    ) -> tuple[Appended, E, DeviceKeyState]:
+        """``make(state)`` appended to the device's key aggregate at its last sequence, made
+        again from the fresh state while others move it on (a code issued, a rotation); the
+        append, the event and the state it was made from. ``busy``: the 409 if they never
+        stop."""
+        state = device.key
+        for _attempt in range(MAX_APPEND_ATTEMPTS):
+            event = make(state)
+            try:
+                [done] = await self.o.publisher.append(tenant, [event], state.last_seq)
+                return done, event, state
+            except ConcurrencyConflict:
+                state = await self._key_state(tenant, device.id)
+        raise Conflict(busy)  # pragma: no cover
 
     async def tenant_key(self, tenant: str) -> bytes:
         """The tenant's offline master key, created (TenantKeyCreated) on its first need."""
