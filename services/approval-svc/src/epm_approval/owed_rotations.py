@@ -12,13 +12,11 @@ sequence, and one that finds the key rotated meanwhile stops (``OfflineCommands.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-
-from epm_service.worker import TaskWorker
 
 from epm_approval.offline_commands import OfflineCommands
 from epm_approval.offline_view import rotations_owed
+from epm_approval.owed import OwedWork
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +24,21 @@ CHECK_SECONDS = 30.0
 REASON = "offline admin session"
 
 
-class OwedRotations(TaskWorker):
+class OwedRotations(OwedWork[tuple[str, str], tuple[str, str]]):
     task_name = "owed-rotations"
+    failure = "could not rotate owed device keys; trying again"
 
     def __init__(self, offline: OfflineCommands, every: float | None = None) -> None:
         self.offline = offline
         self.every = CHECK_SECONDS if every is None else every
 
-    async def _run(self) -> None:
-        earlier: set[tuple[str, str]] = set()
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                owed = set(await self.offline.o.view.read(rotations_owed))
-                for tenant, device_id in owed & earlier:
-                    answer = await self.offline.rotate_owed(tenant, device_id, REASON)
-                    log.warning(
-                        "device key rotated after an offline admin session, late",
-                        extra={"tenant": tenant, "device_id": device_id, **answer},
-                    )
-                earlier = owed
-            except Exception:
-                log.exception("could not rotate owed device keys; trying again")
+    async def owed(self) -> dict[tuple[str, str], tuple[str, str]]:
+        return {owed: owed for owed in await self.offline.o.view.read(rotations_owed)}
+
+    async def settle(self, item: tuple[str, str]) -> None:
+        tenant, device_id = item
+        answer = await self.offline.rotate_owed(tenant, device_id, REASON)
+        log.warning(
+            "device key rotated after an offline admin session, late",
+            extra={"tenant": tenant, "device_id": device_id, **answer},
+        )

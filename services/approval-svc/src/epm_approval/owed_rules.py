@@ -15,15 +15,14 @@ late ``decide``, exactly one writes it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from epm_events.ids import derived_event_id
 from epm_service.publisher import ConcurrencyConflict
-from epm_service.worker import TaskWorker
 
 from epm_approval.context import Approval
 from epm_approval.decisions import default_rule_name
+from epm_approval.owed import OwedWork
 from epm_approval.rule_admin import append_rule
 from epm_approval.rules import draft_from_request
 from epm_approval.view import OwedRule, find_request, owed_rules
@@ -33,25 +32,19 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 30.0
 
 
-class OwedRules(TaskWorker):
+class OwedRules(OwedWork[str, OwedRule]):
     task_name = "owed-rules"
+    failure = "could not create owed rules; trying again"
 
     def __init__(self, approval: Approval, every: float | None = None) -> None:
         self.a = approval
         self.every = CHECK_SECONDS if every is None else every
 
-    async def _run(self) -> None:
-        earlier: set[str] = set()
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                owed = await self.a.view.read(owed_rules)
-                for rule in owed:
-                    if rule.rule_id in earlier:
-                        await self.create(rule)
-                earlier = {r.rule_id for r in owed}
-            except Exception:
-                log.exception("could not create owed rules; trying again")
+    async def owed(self) -> dict[str, OwedRule]:
+        return {rule.rule_id: rule for rule in await self.a.view.read(owed_rules)}
+
+    async def settle(self, item: OwedRule) -> None:
+        await self.create(item)
 
     async def create(self, owed: OwedRule) -> None:
         found = await self.a.view.read(lambda c: find_request(c, owed.request_id))
