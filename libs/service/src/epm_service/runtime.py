@@ -60,9 +60,8 @@ def settings_or_exit(service: str) -> Settings:
 def settings_problem(exc: ValidationError) -> str:
     """Each invalid setting as its variable and the reason (never the value: it may be a
     secret)."""
-    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
     return "; ".join(
-        f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+        f"{Settings.env_name('_'.join(str(p) for p in err['loc']))}: {err['msg']}"
         for err in exc.errors()
     )
 

@@ -26,10 +26,6 @@ class TlsSettingsError(ValueError):
     """A TLS setting that cannot be used; the message names the setting and what to do."""
 
 
-def _env_name(field: str) -> str:
-    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
-
-
 def nats_client_context(settings: Settings) -> ssl.SSLContext | None:
     """The context for ``nats.connect(tls=...)``, or None when no NATS TLS file is set
     (then a ``tls://`` URL, or a server that requires TLS, uses the system's CAs)."""
@@ -91,7 +87,7 @@ def _pair(settings: Settings, cert_field: str, key_field: str) -> tuple[Path, Pa
     if cert is None or key is None:
         given, missing = (cert_field, key_field) if key is None else (key_field, cert_field)
         raise TlsSettingsError(
-            f"{_env_name(given)} is set but {_env_name(missing)} is not:"
+            f"{Settings.env_name(given)} is set but {Settings.env_name(missing)} is not:"
             " set both (the certificate and its private key) or neither"
         )
     return _readable(cert_field, cert), _readable(key_field, key)
@@ -103,7 +99,7 @@ def _readable(field: str, path: Path) -> Path:
             pass
     except OSError as exc:
         raise TlsSettingsError(
-            f"{_env_name(field)}={path}: cannot read it ({exc.strerror});"
+            f"{Settings.env_name(field)}={path}: cannot read it ({exc.strerror});"
             " mount the file there or change the setting"
         ) from exc
     return path
@@ -115,14 +111,14 @@ def _ca_file(field: str, path: Path) -> tuple[str, ssl.SSLContext]:
         pem = path.read_bytes().decode("ascii", errors="replace")
     except OSError as exc:
         raise TlsSettingsError(
-            f"{_env_name(field)}={path}: cannot read it ({exc.strerror});"
+            f"{Settings.env_name(field)}={path}: cannot read it ({exc.strerror});"
             " mount the file there or change the setting"
         ) from exc
     try:
         context = only_ca_context(pem)
     except ValueError as exc:
         raise TlsSettingsError(
-            f"{_env_name(field)}={path} holds no PEM CA certificate ({exc}):"
+            f"{Settings.env_name(field)}={path} holds no PEM CA certificate ({exc}):"
             " point it at the CA that signed the NATS servers' certificate (ca.crt)"
         ) from exc
     return pem, context
@@ -135,7 +131,7 @@ def _load_pair(
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except ssl.SSLError as exc:
         raise TlsSettingsError(
-            f"{_env_name(cert_field)}={cert} and {_env_name(key_field)}={key} are not a PEM"
+            f"{Settings.env_name(cert_field)}={cert} and {Settings.env_name(key_field)}={key} are not a PEM"
             f" certificate and its unencrypted private key ({exc.reason or exc})"
         ) from exc
 
