@@ -37,7 +37,7 @@ from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, CredentialsRefused, ServerUnreachable, is_auth_refusal
 from epm_agent.nats_tls import check_ca, read_ca_file, save_ca, stored_context, untrusted
-from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled, require
+from epm_agent.offline import PROVISIONS, Granted, OfflineAccess, PolicyDisabled, allows
 from epm_agent.offline_log import LogRecord
 from epm_agent.offline_state import OfflineState
 from epm_agent.private_file import write_private_file
@@ -748,11 +748,7 @@ POLICY_WAIT_SECONDS = 3.0
 
 def redeemable(policy: dict[str, Any], purpose: str) -> bool:
     """Whether this policy lets the agent redeem a code of ``purpose`` offline."""
-    try:
-        require(policy, f"{purpose}_codes")
-    except PolicyDisabled:
-        return False
-    return True
+    return allows(policy, f"{purpose}_codes")
 
 
 def _first_problem(exc: ValidationError) -> str:

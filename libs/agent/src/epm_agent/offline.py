@@ -78,9 +78,16 @@ class Granted:
         return out
 
 
+POLICY_DEFAULTS = {"challenge_response": True, "app_codes": True}
+"""What a policy that does not name a provision allows (the rest is off)."""
+
+
+def allows(policy: Mapping[str, Any], provision: str) -> bool:
+    return bool(policy.get(provision, POLICY_DEFAULTS.get(provision, False)))
+
+
 def require(policy: Mapping[str, Any], provision: str) -> None:
-    defaults = {"challenge_response": True, "app_codes": True}
-    if not policy.get(provision, defaults.get(provision, False)):
+    if not allows(policy, provision):
         raise PolicyDisabled(provision)
 
 
