@@ -56,6 +56,7 @@ from epm_service.publisher import (
 from epm_service.rpc import call
 from epm_service.runtime import ServiceContext, tune_gc
 
+from epm_request.commands import APPROVALS
 from epm_request.offline_replay import Alert
 from epm_request.upload_prep import (
     UploadJob,
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CATCH_UP_TIMEOUT = 30.0
-APPROVALS = "approval-svc"
 ROTATE_TIMEOUT = 5.0
 _ADMIN_SESSION = "." + AdminSessionStarted.NAME
 
