@@ -9,7 +9,7 @@ from pathlib import Path
 from epm_audit.config import AuditSettings
 from epm_gateway.hardening import HardeningSettings
 from epm_notify.config import NotifySettings
-from epm_service.settings import Settings
+from epm_service.settings import Settings, env_name
 from pydantic_settings import BaseSettings
 
 README = Path(__file__).parents[2] / "deploy" / "README.md"
@@ -22,11 +22,7 @@ CLASSES: tuple[type[BaseSettings], ...] = (
 
 
 def variables() -> set[str]:
-    return {
-        f"{cls.model_config.get('env_prefix', '')}{name}".upper()
-        for cls in CLASSES
-        for name in cls.model_fields
-    }
+    return {env_name(name, cls) for cls in CLASSES for name in cls.model_fields}
 
 
 def table() -> str:

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from epm_service import natsfast
-from epm_service.settings import Settings
+from epm_service.settings import Settings, env_name
 from epm_service.tls import TlsSettingsError, nats_client_context
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def check_creds_file(settings: Settings) -> None:
             f.read(1)
     except OSError as exc:
         raise NatsSettingsError(
-            f"{Settings.env_name('nats_creds')} is {path!r}, which cannot be read ({exc.strerror or exc}): "
+            f"{env_name('nats_creds')} is {path!r}, which cannot be read ({exc.strerror or exc}): "
             "mount this process's NATS user there (epm nats-auth init writes one per process)"
         ) from None
 
@@ -52,10 +52,10 @@ def explained(exc: Exception, settings: Settings) -> str:
         creds = settings.nats_creds or "not set"
         return (
             f"NATS at {settings.nats_url} refused this process's credentials ({text}): "
-            f"check {Settings.env_name('nats_creds')} ({creds})"
+            f"check {env_name('nats_creds')} ({creds})"
         )
     if isinstance(exc, OSError) or "no servers available" in text.lower():
-        return f"cannot reach NATS at {settings.nats_url} ({text}): check {Settings.env_name('nats_url')}"
+        return f"cannot reach NATS at {settings.nats_url} ({text}): check {env_name('nats_url')}"
     return f"nats error at {settings.nats_url}: {text}"
 
 

@@ -30,7 +30,7 @@ from epm_service.projection import Projection, Projector
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import CommandHandler, RpcServer
 from epm_service.secretbox import SecretBoxError
-from epm_service.settings import Settings
+from epm_service.settings import Settings, env_name
 from epm_service.streams import MissingStreams, check_streams
 from epm_service.tls import TlsSettingsError
 from epm_service.worker import cancel_and_wait
@@ -61,8 +61,7 @@ def settings_problem(exc: ValidationError) -> str:
     """Each invalid setting as its variable and the reason (never the value: it may be a
     secret)."""
     return "; ".join(
-        f"{Settings.env_name('_'.join(str(p) for p in err['loc']))}: {err['msg']}"
-        for err in exc.errors()
+        f"{env_name('_'.join(str(p) for p in err['loc']))}: {err['msg']}" for err in exc.errors()
     )
 
 

@@ -73,11 +73,11 @@ class Settings(BaseSettings):
         """``EPM_MASTER_KEY_PREVIOUS`` as a list (keys are base64 or hex: no commas in them)."""
         return [k.strip() for k in (self.master_key_previous or "").split(",") if k.strip()]
 
-    @classmethod
-    def env_name(cls, field: str) -> str:
-        """The environment variable of a field (``nats_creds`` -> ``EPM_NATS_CREDS``): what
-        an error message names."""
-        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
-
     def db_path(self, name: str) -> Path:
         return self.data_dir / f"{name}.sqlite"
+
+
+def env_name(field: str, settings: type[BaseSettings] = Settings) -> str:
+    """The environment variable of a settings field (``nats_creds`` -> ``EPM_NATS_CREDS``),
+    of ``Settings`` or another settings class (its own prefix): what a message names."""
+    return f"{settings.model_config.get('env_prefix', '')}{field}".upper()

@@ -15,7 +15,7 @@ import re
 import ssl
 from pathlib import Path
 
-from epm_service.settings import Settings
+from epm_service.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _pair(settings: Settings, cert_field: str, key_field: str) -> tuple[Path, Pa
     if cert is None or key is None:
         given, missing = (cert_field, key_field) if key is None else (key_field, cert_field)
         raise TlsSettingsError(
-            f"{Settings.env_name(given)} is set but {Settings.env_name(missing)} is not:"
+            f"{env_name(given)} is set but {env_name(missing)} is not:"
             " set both (the certificate and its private key) or neither"
         )
     return _readable(cert_field, cert), _readable(key_field, key)
@@ -99,7 +99,7 @@ def _readable(field: str, path: Path) -> Path:
             pass
     except OSError as exc:
         raise TlsSettingsError(
-            f"{Settings.env_name(field)}={path}: cannot read it ({exc.strerror});"
+            f"{env_name(field)}={path}: cannot read it ({exc.strerror});"
             " mount the file there or change the setting"
         ) from exc
     return path
@@ -111,14 +111,14 @@ def _ca_file(field: str, path: Path) -> tuple[str, ssl.SSLContext]:
         pem = path.read_bytes().decode("ascii", errors="replace")
     except OSError as exc:
         raise TlsSettingsError(
-            f"{Settings.env_name(field)}={path}: cannot read it ({exc.strerror});"
+            f"{env_name(field)}={path}: cannot read it ({exc.strerror});"
             " mount the file there or change the setting"
         ) from exc
     try:
         context = only_ca_context(pem)
     except ValueError as exc:
         raise TlsSettingsError(
-            f"{Settings.env_name(field)}={path} holds no PEM CA certificate ({exc}):"
+            f"{env_name(field)}={path} holds no PEM CA certificate ({exc}):"
             " point it at the CA that signed the NATS servers' certificate (ca.crt)"
         ) from exc
     return pem, context
@@ -131,7 +131,7 @@ def _load_pair(
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except ssl.SSLError as exc:
         raise TlsSettingsError(
-            f"{Settings.env_name(cert_field)}={cert} and {Settings.env_name(key_field)}={key} are not a PEM"
+            f"{env_name(cert_field)}={cert} and {env_name(key_field)}={key} are not a PEM"
             f" certificate and its unencrypted private key ({exc.reason or exc})"
         ) from exc
 

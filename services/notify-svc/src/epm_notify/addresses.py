@@ -18,7 +18,11 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
-ALLOW_SETTING = "EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS"
+from epm_service.settings import env_name
+
+from epm_notify.config import NotifySettings
+
+ALLOW_SETTING = env_name("allow_private_webhooks", NotifySettings)
 
 IPAddress = IPv4Address | IPv6Address
 
