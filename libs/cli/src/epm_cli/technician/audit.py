@@ -28,7 +28,7 @@ from epm_cli.technician.options import (
     UrlOption,
     api_session,
     limit_option,
-    page_params,
+    page_path,
     render_table,
     with_more,
 )
@@ -73,10 +73,8 @@ def list_records(
         "since": since,
         "until": until,
     }
-    filters = {k: v for k, v in params.items() if v is not None}
-    query = str(httpx.QueryParams({**filters, **page_params(cursor, limit)}))
     with api_session(url, token, data_dir, as_json) as api:
-        page = api.call("GET", f"/v1/audit?{query}")
+        page = api.call("GET", page_path("/v1/audit", cursor, limit, params))
     rows = [
         {**r, "actor": f"{r['actor']['kind']}:{r['actor']['id']}"} for r in page.get("items", [])
     ]

@@ -4,11 +4,12 @@ paging of list commands: --limit, --cursor and the ``more:`` line that continues
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import typer
 from typer._click.core import ParameterSource  # Typer runs on its own copy of Click
@@ -102,10 +103,17 @@ def limit_option(most: int) -> Any:
     )
 
 
-def page_params(cursor: str | None, limit: int | None) -> dict[str, str]:
-    """The query parameters of one page: only what was given, the server defaults the rest."""
-    params = {"cursor": cursor, "limit": None if limit is None else str(limit)}
-    return {k: v for k, v in params.items() if v is not None}
+def page_path(
+    path: str,
+    cursor: str | None,
+    limit: int | None,
+    filters: Mapping[str, str | None] | None = None,
+) -> str:
+    """``path`` with the query of one page: the filters and paging given (None: left out, so
+    the server's default applies)."""
+    given = {**(filters or {}), "cursor": cursor, "limit": None if limit is None else str(limit)}
+    query = urlencode({k: v for k, v in given.items() if v is not None})
+    return f"{path}?{query}" if query else path
 
 
 # Given on the command line, a token is not repeated: the hint names the option instead.

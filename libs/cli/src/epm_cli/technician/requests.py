@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import typer
 
@@ -16,7 +15,7 @@ from epm_cli.technician.options import (
     UrlOption,
     api_session,
     limit_option,
-    page_params,
+    page_path,
     render_table,
     with_more,
 )
@@ -56,8 +55,8 @@ def list_requests(
 
     Examples: epm request list --tenant acme;  epm request list --status all --json
     """
-    query = urlencode({"status": status, **page_params(cursor, limit)})
-    path = f"/v1/tenants/{tenant}/requests?{query}" if tenant else f"/v1/requests?{query}"
+    base = f"/v1/tenants/{tenant}/requests" if tenant else "/v1/requests"
+    path = page_path(base, cursor, limit, {"status": status})
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("GET", path)
     items = [_row(r) for r in answer.get("items", [])]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import typer
 
@@ -15,7 +14,7 @@ from epm_cli.technician.options import (
     UrlOption,
     api_session,
     limit_option,
-    page_params,
+    page_path,
     render_table,
     with_more,
 )
@@ -49,9 +48,8 @@ def list_rules(
     Example: epm rule list --tenant acme
     """
     path = f"/v1/tenants/{tenant}/rules" if tenant else "/v1/rules"
-    query = urlencode(page_params(cursor, limit))
     with api_session(url, token, data_dir, as_json) as api:
-        answer = api.call("GET", f"{path}?{query}" if query else path)
+        answer = api.call("GET", page_path(path, cursor, limit))
     items = [_summary(r) for r in answer.get("items", [])]
     table = render_table(items, ["id", "name", "effect", "enabled", "matches"], "no rules")
     emit(answer, as_json, with_more(ctx, answer, table))

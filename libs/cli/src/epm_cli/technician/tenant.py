@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 import typer
 
@@ -16,7 +15,7 @@ from epm_cli.technician.options import (
     api_session,
     limit_option,
     literal_help,
-    page_params,
+    page_path,
     render_table,
     with_more,
 )
@@ -65,9 +64,8 @@ def list_(
 
     Example: epm tenant list --json
     """
-    query = urlencode(page_params(cursor, limit))
     with api_session(url, token, data_dir, as_json) as api:
-        answer = api.call("GET", f"/v1/tenants?{query}" if query else "/v1/tenants")
+        answer = api.call("GET", page_path("/v1/tenants", cursor, limit))
     items = answer.get("items", []) if isinstance(answer, dict) else []
     emit(
         answer,
