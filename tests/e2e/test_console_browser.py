@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.e2e.devstack import DevProcess, epm_json, wait_for
+from tests.e2e.test_offline_codes_flow import run_agent
 from tests.e2e.test_requests_flow import Stack, agent, exe, request, sha
 
 pytestmark = pytest.mark.slow
@@ -324,8 +326,10 @@ def test_offline_help_desk_answer_is_accepted_by_the_agent(
 
     # the user mistypes response codes until the computer locks; the help desk lifts it
     agent(computer, "offline", "request-code", "--exe", str(tool), "--offline")
+    clock = datetime.now(UTC)
     for _ in range(10):
-        code, wrong = agent(computer, "offline", "respond", "0000-0000-0000", "--offline")
+        clock += timedelta(seconds=10)  # past the retry delay each wrong code starts
+        _, wrong = run_agent(computer, clock, "offline", "respond", "0000-0000-0000", "--offline")
         if wrong.get("reason") == "locked":
             break
     assert wrong.get("reason") == "locked", wrong
