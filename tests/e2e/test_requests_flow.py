@@ -185,7 +185,10 @@ def test_requests_rules_and_decisions_end_to_end(stack: Stack) -> None:
     granted = request(a1, tool, user="erin")
     assert granted["status"] == "approved" and granted["decided_by"].startswith("grant:")
     assert request(a1, tool, user="erin")["status"] == "open"
-    assert len(stack.events("GrantConsumed")) == 1
+    consumed = stack.events("GrantConsumed")
+    assert [
+        e["data"]["request_id"] for e in consumed if e["data"]["grant_id"] == once["request_id"]
+    ] == [granted["request_id"]]
 
     # A request signed by the wrong key is refused and recorded.
     imposter = stack.tmp / "agent-imposter"
@@ -216,6 +219,70 @@ def test_requests_rules_and_decisions_end_to_end(stack: Stack) -> None:
     code, out = agent(a2, "status")
     assert code == 1 and "probably revoked" in out["error"], out
     assert len(stack.events("RequestCreated")) == before
+
+
+def test_a_once_approval_the_waiting_user_got_is_used_up_and_the_next_attempt_asks_again(
+    stack: Stack,
+) -> None:
+    """The user waits (``--wait``) while a technician approves once: the user elevates on
+    that answer, so the grant is spent on the request itself (GrantConsumed naming it), and
+    the same user's next attempt opens a new request instead of being approved again."""
+    stack.ok("tenant", "create", "initech", "--name", "Initech")
+    pc = stack.enroll("initech", "i1")
+    app = exe(stack.tmp, "installer.exe")
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "epm_agent.cli",
+            "request",
+            "--state-dir",
+            str(pc),
+            "--json",
+            "--exe",
+            str(app),
+            "--user",
+            "frank",
+            "--reason",
+            "install",
+            "--wait",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        [opened] = wait_for(
+            "the request in the open list",
+            lambda: stack.ok("request", "list", "--tenant", "initech")["items"],
+        )
+        stack.ok("request", "decide", opened["id"], "--approve", "--scope", "once")
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0, err
+    used = orjson.loads(out)
+    assert used["request_id"] == opened["id"] and used["status"] == "approved"
+
+    spent = wait_for(
+        "the grant spent on its own request",
+        lambda: [
+            e for e in stack.events("GrantConsumed") if e["data"]["request_id"] == opened["id"]
+        ],
+    )
+    assert [e["data"]["grant_id"] for e in spent] == [opened["id"]]
+    again = request(pc, app, user="frank")
+    assert again["status"] == "open" and again["request_id"] != opened["id"]
+    # Reported once: a status (another contact) sends nothing again.
+    assert agent(pc, "status")[0] == 0
+    assert (
+        len([e for e in stack.events("GrantConsumed") if e["data"]["request_id"] == opened["id"]])
+        == 1
+    )
 
 
 def test_expiry_with_a_short_ttl_survives_a_full_restart(tmp_path: Path) -> None:

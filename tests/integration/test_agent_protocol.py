@@ -19,9 +19,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from epm_agent import Agent, ServerUnreachable
 from epm_agent.device_key import DeviceKey
-from epm_agent.state import Identity, StateDir
+from epm_agent.state import Identity, LocalRequest, StateDir
 from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, RequestAnswer, signing_bytes
-from epm_events.ids import new_event_id, request_id_for
+from epm_events.ids import approval_used_id, new_event_id, request_id_for
 from epm_events.streams import AGENT
 from epm_events.subjects import ALL_AGENT, device_inbox_prefix, device_subject
 from epm_service.bus import Bus
@@ -223,6 +223,91 @@ async def test_request_wait_picks_up_a_technician_decision(
     await decided
 
     assert (outcome.status, outcome.decided_by) == ("denied", "technician:tom")
+
+
+def uses(svc: RequestSvcStandIn) -> list[Received]:
+    return [r for r in svc.received if r.subject.endswith(".ApprovalUsed")]
+
+
+async def test_a_once_approval_the_user_waited_for_is_reported_used_once_signed(
+    bus: Bus, agent: Agent, state_dir: Path
+) -> None:
+    svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
+    await svc.start()
+
+    async def technician() -> None:
+        await until(lambda: bool(svc.received))
+        request_id = request_id_for(svc.received[0].msg_id)
+        once = RequestAnswer(
+            request_id=request_id, status="approved", decided_by="technician:tom", scope="once"
+        )
+        await send_decision(bus, once)
+
+    decided = asyncio.create_task(technician())
+    outcome = await agent.request(
+        "/usr/bin/tool", sha256=SHA, user="alice", reason="x", wait_seconds=20
+    )
+    await decided
+    assert outcome.status == "approved"
+
+    await until(lambda: bool(uses(svc)))
+    [used] = uses(svc)
+    assert used.msg_id == approval_used_id(outcome.request_id)
+    assert orjson.loads(used.body)["data"] == {"request_id": outcome.request_id}
+    assert used.msg_id not in svc.refused  # signed by the device key
+    await agent.status()  # another contact: nothing is reported again
+    await asyncio.sleep(0.3)
+    assert len(uses(svc)) == 1
+
+
+async def test_approvals_that_spend_no_grant_are_not_reported(
+    bus: Bus, agent: Agent, state_dir: Path
+) -> None:
+    """A rule's approval, and one made by a grant (spent when it was made)."""
+    answers = iter(["rule:r-1", "grant:req-1"])
+
+    def decide(request_id: str, data: dict[str, object]) -> RequestAnswer:
+        by = next(answers)
+        return RequestAnswer(
+            request_id=request_id,
+            status="approved",
+            decided_by=by,
+            scope="tenant" if by.startswith("rule:") else "once",
+        )
+
+    svc = RequestSvcStandIn(bus, public_key_of(state_dir), decide)
+    await svc.start()
+    for _ in range(2):
+        outcome = await agent.request("/usr/bin/tool", sha256=SHA, user="alice", reason="x")
+        assert outcome.status == "approved"
+    await agent.status()
+    await asyncio.sleep(0.3)
+    assert uses(svc) == []
+
+
+async def test_a_use_not_reported_yet_goes_at_the_next_contact(
+    bus: Bus, agent: Agent, state_dir: Path
+) -> None:
+    """The server was gone when the user used the approval: the next status reports it."""
+    svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
+    with StateDir(state_dir).open() as state:
+        state.record_request(
+            LocalRequest(
+                request_id="req-used-offline",
+                status="approved",
+                created_at="2026-12-07T10:00:00Z",
+                updated_at="2026-12-07T10:00:00Z",
+                decided_by="technician:tom",
+                scope="once",
+            )
+        )
+        state.mark_used("req-used-offline")
+    await svc.start()
+    await agent.status()
+    await until(lambda: bool(uses(svc)))
+    assert [u.msg_id for u in uses(svc)] == [approval_used_id("req-used-offline")]
+    with StateDir(state_dir).open() as state:
+        assert state.unreported_uses() == []
 
 
 async def test_decision_sent_while_offline_is_seen_at_the_next_status(

@@ -17,7 +17,7 @@ from epm_approval.history import read_events
 from epm_events.catalog import AppInfo, TenantCreated
 from epm_events.ids import request_id_for
 from epm_events.subjects import aggregate_filter, device_inbox_prefix
-from epm_request import answers
+from epm_request import answers, intake
 from epm_request.app import DEFINITION as REQUEST
 from epm_service.bus import Bus
 from epm_service.publisher import EventPublisher
@@ -34,7 +34,7 @@ from tests.integration.test_approval_decisions import (
     request_events,
     verdicts,
 )
-from tests.integration.test_request_svc import SHA, Device, enroll, eventually
+from tests.integration.test_request_svc import SHA, Device, enroll, events_of_type, eventually
 
 NEVER = 600.0
 """A decision wait no test sits out: an answer that comes came from what approval-svc said."""
@@ -206,4 +206,106 @@ async def test_started_without_approval_svc_request_svc_answers_open_once_it_was
         await asyncio.sleep(answers.SILENT_AFTER_SECONDS + 0.5)
         assert (await ask_online(bus, dev))["status"] == "open"
     finally:
+        await request_svc.stop()
+
+
+# --- a once-approval used by the device that waited for it ----------------------------
+
+
+async def grant_events(bus: Bus, tenant: str, grant_id: str) -> list[Any]:
+    return await read_events(bus.js, aggregate_filter(tenant, "grant", grant_id))
+
+
+async def test_a_once_approval_used_by_its_waiting_device_answers_no_later_request(
+    bus: Bus, both: None
+) -> None:
+    dev = await enroll(bus, "acme")
+    first = await ask_online(bus, dev)
+    await approve_once(bus, first["request_id"])
+    for _ in range(2):  # the agent's report, and the same report sent again
+        subject, body, headers = dev.used(first["request_id"])
+        await bus.js.publish(subject, body, headers=headers)
+
+    async def spent() -> list[Any]:
+        return await grant_events(bus, "acme", first["request_id"])
+
+    [consumed] = await eventually(spent)
+    assert (consumed.event.grant_id, consumed.event.request_id) == (
+        first["request_id"],
+        first["request_id"],
+    )
+    assert (await ask_online(bus, dev))["status"] == "open"  # the grant answers no one else
+    await asyncio.sleep(0.3)
+    assert len(await spent()) == 1
+
+
+async def test_a_use_reported_by_another_device_is_refused_and_spends_nothing(
+    bus: Bus, both: None
+) -> None:
+    dev, other = await enroll(bus, "acme"), await enroll(bus, "acme")
+    first = await ask_online(bus, dev)
+    await approve_once(bus, first["request_id"])
+    subject, body, headers = other.used(first["request_id"])
+    await bus.js.publish(subject, body, headers=headers)
+
+    async def alerts() -> list[dict[str, Any]]:
+        return await events_of_type(bus, "SecurityAlertRaised")
+
+    [alert] = await eventually(alerts)
+    assert (alert["data"]["kind"], alert["data"]["device_id"]) == (
+        "foreign_request",
+        other.device_id,
+    )
+    granted = await ask_online(bus, dev)  # the grant is still the user's
+    assert granted["decided_by"] == f"grant:{first['request_id']}"
+
+
+async def test_a_use_of_an_unknown_or_undecided_request_is_dead_lettered_with_its_reason(
+    bus: Bus, both: None
+) -> None:
+    dev = await enroll(bus, "acme")
+    undecided = await ask_online(bus, dev, sha="e" * 64)
+    for request_id in ("req-nosuchrequest", undecided["request_id"]):
+        subject, body, headers = dev.used(request_id)
+        await bus.js.publish(subject, body, headers=headers)
+
+    async def dead() -> list[str]:
+        info = await bus.js.stream_info("EPM_DLQ")
+        msgs = [await bus.js.get_msg("EPM_DLQ", s) for s in range(1, info.state.last_seq + 1)]
+        return [m.headers["Epm-Dlq-Reason"] for m in msgs if m.headers]
+
+    assert await eventually(lambda: _two(dead)) == ["unknown_request", "not_approved"]
+
+
+async def _two(reasons: Any) -> list[str] | None:
+    found: list[str] = await reasons()
+    return found if len(found) >= 2 else None
+
+
+async def test_a_use_reported_while_approval_svc_is_down_is_spent_when_it_returns(
+    bus: Bus, settings: Settings, tenants: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(answers, "DECISION_WAIT_SECONDS", NEVER)
+    monkeypatch.setattr(intake, "APPROVALS_RETRY_DELAY", 0.5)
+    request_svc = await start_service(REQUEST, settings)
+    approval_svc = await start_service(APPROVAL, settings)
+    try:
+        dev = await enroll(bus, "acme")
+        first = await ask_online(bus, dev)
+        await approve_once(bus, first["request_id"])
+        await approval_svc.stop()
+        subject, body, headers = dev.used(first["request_id"])
+        await bus.js.publish(subject, body, headers=headers)
+        await asyncio.sleep(2)  # put back a few times, never dead-lettered
+        assert await grant_events(bus, "acme", first["request_id"]) == []
+        assert (await bus.js.stream_info("EPM_DLQ")).state.messages == 0
+        approval_svc = await start_service(APPROVAL, settings)
+
+        async def spent() -> list[Any]:
+            return await grant_events(bus, "acme", first["request_id"])
+
+        [consumed] = await eventually(spent)
+        assert consumed.event.request_id == first["request_id"]
+    finally:
+        await approval_svc.stop()
         await request_svc.stop()

@@ -18,7 +18,7 @@ from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, signing_bytes
 from epm_events.catalog import TenantCreated
 from epm_events.codec import decode
 from epm_events.envelope import agent_source
-from epm_events.ids import request_id_for
+from epm_events.ids import approval_used_id, request_id_for
 from epm_events.subjects import agent_subject, device_inbox_prefix
 from epm_request import answers
 from epm_request.app import DEFINITION
@@ -91,6 +91,28 @@ class Device:
         if reply:
             headers[REPLY_HEADER] = reply
         return subject, body, headers
+
+    def used(self, request_id: str) -> tuple[str, bytes, dict[str, str]]:
+        """The agent's signed report that its user used the approval of ``request_id``."""
+        msg_id = approval_used_id(request_id)
+        env = {
+            "specversion": "1.0",
+            "id": msg_id,
+            "source": agent_source(self.tenant, self.device_id),
+            "type": "epm.ApprovalUsed.v1",
+            "subject": self.device_id,
+            "time": "2026-11-23T12:00:00Z",
+            "tenant": self.tenant,
+            "data": {"request_id": request_id},
+        }
+        body = orjson.dumps(env)
+        subject = agent_subject(self.tenant, self.device_id, "ApprovalUsed")
+        sig = self.key.sign(signing_bytes(subject, msg_id, body))
+        return (
+            subject,
+            body,
+            {"Nats-Msg-Id": msg_id, SIGNATURE_HEADER: base64.b64encode(sig).decode()},
+        )
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from epm_domain.request import RequestError, create, decide, evolve, expire
-from epm_events.catalog import Actor, AppInfo, Approved, Denied
+from epm_domain.request import RequestError, create, decide, evolve, expire, use_approval
+from epm_events.catalog import Actor, AppInfo, Approved, Denied, GrantConsumed
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TECH = Actor(kind="technician", id="tenant_technician:alice")
@@ -62,3 +62,45 @@ def test_expiry_is_due_only_for_open_requests_past_their_time() -> None:
     assert expire(r2, NOW + timedelta(days=1)) is None
     decided = evolve(r, Denied(request_id="req-1", scope="once", by=TECH), "acme", NOW)
     assert expire(decided, NOW + timedelta(days=9)) is None
+
+
+def test_using_a_once_approval_spends_the_grant_it_issued_on_the_request_itself() -> None:
+    r = opened()
+    approved = evolve(
+        r,
+        decide(r, decision="approve", scope="once", by=TECH, now=NOW, grant_id="req-1"),
+        "acme",
+        NOW,
+    )
+    spent = use_approval(approved, "dev-1")
+    assert spent == GrantConsumed(grant_id="req-1", request_id="req-1", user="bob", sha256="a" * 64)
+
+
+def test_using_an_approval_that_issued_no_grant_spends_nothing() -> None:
+    r = opened()
+    rule = Actor(kind="rule", id="rule-1")
+    by_rule = evolve(
+        r,
+        decide(r, decision="approve", scope="tenant", by=rule, now=NOW, rule_id="rule-1"),
+        "acme",
+        NOW,
+    )
+    assert use_approval(by_rule, "dev-1") is None
+
+
+def test_only_the_requesting_device_may_use_an_approval_and_only_an_approval() -> None:
+    r = opened()
+    approved = evolve(
+        r,
+        decide(r, decision="approve", scope="once", by=TECH, now=NOW, grant_id="req-1"),
+        "acme",
+        NOW,
+    )
+    with pytest.raises(RequestError) as other:
+        use_approval(approved, "dev-2")
+    assert other.value.reason == "foreign_request"
+    denied = evolve(r, decide(r, decision="deny", scope="once", by=TECH, now=NOW), "acme", NOW)
+    for state in (r, denied):
+        with pytest.raises(RequestError) as refused:
+            use_approval(state, "dev-1")
+        assert refused.value.reason == "not_approved"

@@ -32,7 +32,12 @@ from pydantic import ValidationError
 from epm_agent.clock import Clock, iso, system_clock
 from epm_agent.device_channel import DeviceChannel, DeviceUpdate
 from epm_agent.device_key import DeviceKey
-from epm_agent.elevation import SignedMessage, describe_app, elevation_message
+from epm_agent.elevation import (
+    SignedMessage,
+    approval_used_message,
+    describe_app,
+    elevation_message,
+)
 from epm_agent.encryption_key import EncryptionKey
 from epm_agent.enrollment import request_enrollment
 from epm_agent.errors import AgentError, CredentialsRefused, ServerUnreachable, is_auth_refusal
@@ -346,6 +351,11 @@ class Agent:
         local = state.request(message.request_id)
         if local is None:  # recorded above; only a deleted state file gets here
             raise AgentError(f"request {message.request_id} vanished from {state.db_path}")
+        if spends_a_grant(local):
+            # The user elevates on this answer: the once-approval is used here, and the
+            # grant it issued must not answer the user's next request too.
+            state.mark_used(local.request_id)
+            await self._report_quietly(identity)
         return RequestOutcome(local.request_id, local.status, local.decided_by)
 
     async def _publish(self, bus: Bus, message: SignedMessage, identity: Identity) -> None:
@@ -524,6 +534,8 @@ class Agent:
                 "here and is uploaded at the next 'epm-agent sync' (or status, request)"
             )
         sent = await self.upload(bus, identity)
+        with contextlib.suppress(AgentError):
+            await self.report_uses(bus, identity)
         tables = OfflineState(state)
 
         def all_confirmed() -> bool:
@@ -632,11 +644,37 @@ class Agent:
         OfflineState(self._state()).mark_sent(acked[0][0].seq, acked[-1][-1].seq, iso(self.clock()))
         return sum(len(chunk) for chunk in acked)
 
+    async def report_uses(self, bus: Bus, identity: Identity) -> int:
+        """Tell the server of every once-approval the user used that it was not told of
+        (``ApprovalUsed``); each is marked reported once the stream acknowledged it.
+        Returns how many were reported."""
+        state = self._state()
+        pending = state.unreported_uses()
+        if not pending:
+            return 0
+        key = DeviceKey.load(state.key_path)
+        for request_id in pending:
+            message = approval_used_message(
+                key, tenant=identity.tenant, device_id=identity.device_id, request_id=request_id
+            )
+            await self._publish(bus, message, identity)
+            state.mark_use_reported(request_id)
+        return len(pending)
+
     async def _upload_quietly(self, bus: Bus, identity: Identity) -> None:
-        """Whenever the agent reaches the server it uploads its offline log; a failure here
-        must not fail the command that got it online (the next contact tries again)."""
+        """Whenever the agent reaches the server it uploads its offline log and reports the
+        approvals it used; a failure here must not fail the command that got it online (the
+        next contact tries again)."""
         with contextlib.suppress(AgentError):
             await self.upload(bus, identity)
+            await self.report_uses(bus, identity)
+
+    async def _report_quietly(self, identity: Identity) -> None:
+        """``_upload_quietly`` on the connection there is, or a new one; offline: later."""
+        with contextlib.suppress(AgentError):
+            bus = await self._connect(identity)
+            if bus is not None:
+                await self._upload_quietly(bus, identity)
 
     async def sync_device_channel(self, timeout: float = 10.0) -> list[DeviceUpdate]:
         """Apply every decision sent to this device since the last read."""
@@ -744,6 +782,16 @@ async def _first_answer(answers: Any, request_id: str, timeout: float) -> Reques
 
 POLICY_WAIT_SECONDS = 3.0
 """How long ``offline generate`` waits for the policy the server made its code under."""
+
+
+def spends_a_grant(local: LocalRequest) -> bool:
+    """Whether using this request's answer spends a one-time grant: a technician's
+    once-approval (an approval by a grant spent that grant when it was made)."""
+    return (
+        local.status == "approved"
+        and local.scope == "once"
+        and not (local.decided_by or "").startswith("grant:")
+    )
 
 
 def redeemable(policy: dict[str, Any], purpose: str) -> bool:

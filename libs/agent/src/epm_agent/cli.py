@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="wait up to SECONDS for a technician's decision (default 0: return what the "
-        "server answered at once, a rule's decision included)",
+        "server answered at once, a rule's decision included). An 'approve once' that "
+        "arrives while waiting is used by this run: the next run asks again",
     )
     request.set_defaults(run=_request)
 

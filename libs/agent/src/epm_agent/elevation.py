@@ -17,13 +17,14 @@ from epm_events.agent import (
     REPLY_HEADER,
     SIGNATURE_HEADER,
     AgentMessage,
+    ApprovalUsed,
     ElevationRequested,
     signing_bytes,
 )
 from epm_events.catalog import AppInfo
 from epm_events.codec import encode
 from epm_events.envelope import Envelope, agent_source
-from epm_events.ids import new_event_id, request_id_for
+from epm_events.ids import approval_used_id, new_event_id, request_id_for
 from epm_events.subjects import agent_subject
 
 from epm_agent.device_key import DeviceKey
@@ -123,6 +124,20 @@ def elevation_message(
         msg_id=msg_id,
         time=time,
         headers=extra,
+    )
+
+
+def approval_used_message(
+    key: DeviceKey, *, tenant: str, device_id: str, request_id: str
+) -> SignedMessage:
+    """The report that the user used the approval of ``request_id``; every copy has the same
+    message id, so the stream keeps one however often it is sent."""
+    return signed_message(
+        key,
+        tenant=tenant,
+        device_id=device_id,
+        message=ApprovalUsed(request_id=request_id),
+        msg_id=approval_used_id(request_id),
     )
 
 

@@ -167,6 +167,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE offline_log ADD COLUMN refused TEXT;
     """,
+    # 6: a technician's once-approval the user used as it arrived (``used_at``), and when
+    # the stream acknowledged the agent's report of it (``use_reported_at``)
+    """
+    ALTER TABLE requests ADD COLUMN used_at TEXT;
+    ALTER TABLE requests ADD COLUMN use_reported_at TEXT;
+    """,
 )
 
 
@@ -415,6 +421,29 @@ class StateDir:
         """Record what the server answered; True if it changed the request."""
         with self._transaction() as db:
             return _apply_answer(db, answer)
+
+    def mark_used(self, request_id: str) -> None:
+        """The user used this request's approval (once; a later mark changes nothing)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET used_at = ? WHERE request_id = ? AND used_at IS NULL",
+                (now_iso(), request_id),
+            )
+
+    def unreported_uses(self) -> list[str]:
+        """Requests whose used approval the server was not told of yet, oldest first."""
+        rows = self.db.execute(
+            "SELECT request_id FROM requests WHERE used_at IS NOT NULL "
+            "AND use_reported_at IS NULL ORDER BY used_at, request_id"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def mark_use_reported(self, request_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET use_reported_at = ? WHERE request_id = ?",
+                (now_iso(), request_id),
+            )
 
     def request(self, request_id: str) -> LocalRequest | None:
         row = self.db.execute(

@@ -18,6 +18,7 @@ from epm_events.catalog import (
     Approved,
     Denied,
     Event,
+    GrantConsumed,
     RequestCreated,
     RequestExpired,
     Scope,
@@ -114,6 +115,29 @@ def expire(request: Request, now: datetime) -> RequestExpired | None:
     if request.status != "open" or now < request.expires_at:
         return None
     return RequestExpired(request_id=request.id)
+
+
+def use_approval(request: Request, device_id: str) -> GrantConsumed | None:
+    """What the device's use of its request's approval spends: the one-time grant a
+    technician's once-approval issued (GrantConsumed on the request itself, so the grant
+    answers no later request); None for an approval that issued no grant (a rule's, or one
+    made by a grant that was consumed when it was made)."""
+    if request.device_id != device_id:
+        raise RequestError(
+            "foreign_request",
+            f"request {request.id} was made by device {request.device_id}, not {device_id}",
+        )
+    d = request.decision
+    if request.status != "approved" or d is None or d.decision != "approve":
+        raise RequestError(
+            "not_approved",
+            f"request {request.id} is {request.status}, not approved: there is no approval to use",
+        )
+    if d.grant_id is None:
+        return None
+    return GrantConsumed(
+        grant_id=d.grant_id, request_id=request.id, user=request.user, sha256=request.app.sha256
+    )
 
 
 def _require_open(request: Request, now: datetime) -> None:

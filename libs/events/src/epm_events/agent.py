@@ -74,8 +74,20 @@ class OfflineLogBatch(AgentMessage):
     records: list[OfflineLogEntry] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
 
 
+class ApprovalUsed(AgentMessage):
+    """The user used the approval of the device's own request as it arrived (the agent was
+    waiting for it): a technician's once-approval is spent on that request, so the grant it
+    issued answers no later request (request-svc appends GrantConsumed for it).
+
+    ``Nats-Msg-Id`` is ``ids.approval_used_id(request_id)``: a report sent again is
+    deduplicated by the stream."""
+
+    NAME = "ApprovalUsed"
+    request_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
+
+
 AGENT_MESSAGES: dict[str, type[AgentMessage]] = {
-    m.NAME: m for m in (ElevationRequested, OfflineLogBatch)
+    m.NAME: m for m in (ElevationRequested, OfflineLogBatch, ApprovalUsed)
 }
 
 

@@ -131,6 +131,12 @@ def request_id_for(msg_id: str) -> str:
     return "req-" + _uuid5(f"request\x1f{msg_id}").replace("-", "")[:24]
 
 
+def approval_used_id(request_id: str) -> str:
+    """The message id of an agent's ApprovalUsed report for its request: the same for every
+    copy the agent sends, so the stream keeps one."""
+    return derived_event_id(request_id, "ApprovalUsed")
+
+
 def offline_batch_id(
     device: str, first_seq: int, last_seq: int, chain_head: str | None = None
 ) -> str:

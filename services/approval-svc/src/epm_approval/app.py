@@ -26,6 +26,8 @@ Reactions (to new events the approval view receives, once it has caught up):
 Commands (``epm.rpc.approval-svc.<command>``, docs/internal-contracts.md):
 - decide        a technician's approve/deny, once | tenant | global (409 once decided/expired)
 - rule_draft    a rule pre-filled from a request
+- use_approval  request-svc's intake: a device used its request's once-approval as it
+                arrived, so the grant it issued is consumed by that request (GrantConsumed)
 - list_rules    a tenant's rules, or the global ones
 - create_rule   a tenant or global rule
 - disable_rule  RuleDisabled (history kept)
@@ -81,6 +83,7 @@ def commands(ctx: ServiceContext) -> Mapping[str, CommandHandler]:
     return {
         "decide": decisions.decide,
         "rule_draft": decisions.rule_draft,
+        "use_approval": decisions.use_approval,
         "list_rules": rules.list_rules,
         "create_rule": rules.create_rule,
         "disable_rule": rules.disable_rule,

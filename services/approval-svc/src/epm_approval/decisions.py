@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import nats.errors
-from epm_domain.request import Request, RequestError
+from epm_domain.request import Request, RequestError, use_approval
 from epm_domain.request import decide as decide_request
 from epm_events.catalog import (
     Actor,
@@ -34,6 +34,8 @@ from epm_events.ids import (
     derived_event_id,
     derived_event_id_at,
     new_id,
+    validate_device,
+    validate_tenant,
     validate_token,
 )
 from epm_events.notices import Undecided
@@ -44,7 +46,7 @@ from epm_events.subjects import (
     aggregate_filter,
 )
 from epm_service.errors import Conflict, Forbidden, Invalid, NotFound
-from epm_service.principal import Principal
+from epm_service.principal import SYSTEM, Principal
 from epm_service.projection import StoredMsg
 from epm_service.publisher import Appended, ConcurrencyConflict
 from epm_service.worker import TaskWorker
@@ -153,11 +155,61 @@ class Decisions:
 
     async def _consumed_for(self, tenant: str, grant_id: str, request_id: str) -> bool:
         """Whether the stream says this grant was consumed by this request."""
+        return await self._consumed_by(tenant, grant_id) == request_id
+
+    async def _consumed_by(self, tenant: str, grant_id: str) -> str | None:
+        """The request the stream says consumed this grant, or None while it is unused."""
         recorded = await read_events(self.a.js, aggregate_filter(tenant, "grant", grant_id))
-        return any(
-            isinstance(r.event, GrantConsumed) and r.event.request_id == request_id
-            for r in recorded
+        return next(
+            (r.event.request_id for r in recorded if isinstance(r.event, GrantConsumed)), None
         )
+
+    async def use_approval(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        """request-svc's intake, when a device reports that its user used the approval of
+        the device's own request as it arrived (the agent's ApprovalUsed): a technician's
+        once-approval spends the grant it issued on that request (GrantConsumed), so the
+        grant answers no later request. Judged on the stream, not the view (the report can
+        come right after the decision). ``consumed_by`` says who spent it: this request, or
+        a request of the user that came first; ``grant_id`` is None for an approval that
+        issued no grant (a rule's, or one made by a grant)."""
+        if principal.token_id != SYSTEM.token_id:
+            raise Forbidden("use_approval is called by request-svc's intake only")
+        tenant = validate_tenant(text(args, "tenant", max_len=63), allow_global=False)
+        device_id = validate_device(text(args, "device_id", max_len=63))
+        request_id = validate_token(text(args, "request_id", max_len=128), "request id")
+        request, _ = await load_request(self.a.js, request_id, tenant)
+        if request is None:
+            raise NotFound(f"request {request_id} not found in tenant {tenant}")
+        try:
+            spent = use_approval(request, device_id)
+        except RequestError as exc:
+            if exc.reason == "foreign_request":
+                raise Forbidden(str(exc), extra={"reason": exc.reason}) from None
+            raise Conflict(str(exc), extra={"reason": exc.reason}) from None
+        if spent is None:
+            return {"request_id": request_id, "grant_id": None, "consumed_by": None}
+        ids = {"tenant": tenant, "request_id": request_id, "grant_id": spent.grant_id}
+        consumed_by = await self._consumed_by(tenant, spent.grant_id)
+        if consumed_by is None:
+            try:
+                # Expecting the unused grant's empty aggregate: of this use and a request of
+                # the user racing for the grant, exactly one consumes it.
+                await self.a.publisher.append(
+                    tenant,
+                    [spent],
+                    0,
+                    ids=[derived_event_id(f"{spent.grant_id}:{request_id}", GrantConsumed.NAME)],
+                )
+                consumed_by = request_id
+                log.info("one-time grant used by the request it approved", extra=ids)
+            except ConcurrencyConflict:
+                consumed_by = await self._consumed_by(tenant, spent.grant_id)
+        if consumed_by != request_id:
+            log.info(
+                "one-time grant was consumed before its use was reported",
+                extra={**ids, "consumed_by": consumed_by},
+            )
+        return {"request_id": request_id, "grant_id": spent.grant_id, "consumed_by": consumed_by}
 
     async def _append_at_once(
         self, tenant: str, event: Approved | Denied, created: RequestCreated, expected: int

@@ -15,7 +15,8 @@ Where things go (the handler table of this service):
   ElevationPerformed, AdminSessionStarted, AdminSessionEnded on the device aggregate
   (epm_request.replay, exactly once per (device, seq); gaps, forks, tampering and code
   reuse -> SecurityAlertRaised), then a ReplayAck on ``epm.device.<t>.<d>.replay``;
-  refused input -> SecurityAlertRaised or EPM_DLQ.
+  ``ApprovalUsed`` -> approval-svc's ``use_approval`` (GrantConsumed: a once-approval the
+  waiting user used spends its grant); refused input -> SecurityAlertRaised or EPM_DLQ.
 - expiry (epm_request.expiry.ExpiryScheduler): open requests past
   ``EPM_REQUEST_TTL`` -> RequestExpired.
 - NATS revocations (epm_request.nats_credentials.DeviceCredentials): revoked

@@ -31,6 +31,7 @@ from epm_domain.request import answer_of, create
 from epm_events.agent import (
     REPLY_HEADER,
     SIGNATURE_HEADER,
+    ApprovalUsed,
     ElevationRequested,
     OfflineLogBatch,
     RequestAnswer,
@@ -48,7 +49,10 @@ from epm_events.subjects import (
 )
 from epm_service.bus import Bus
 from epm_service.deadletter import dead_letter
+from epm_service.errors import Conflict, Forbidden, NotFound, Unavailable
+from epm_service.principal import SYSTEM
 from epm_service.publisher import ConcurrencyConflict
+from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
 from epm_service.turns import Turns
 from nacl.exceptions import BadSignatureError
@@ -60,6 +64,7 @@ from pydantic import ValidationError
 from epm_request import store
 from epm_request.admission import Malformed, Refused, checked_envelope
 from epm_request.answers import PendingAnswers
+from epm_request.commands import APPROVALS
 from epm_request.replay import EarlierUploadPending, OfflineReplay
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,15 @@ GAP_RECHECK_DELAY = 2.0
 MAX_GAP_DEFERRALS = 3 * ACK_WAIT // 2
 """Deliveries of a batch after which its gap is reported even if an earlier upload still
 looks pending (about 3 x ack_wait: every delivered message is redelivered by then)."""
+
+
+USE_APPROVAL_TIMEOUT = 5.0
+APPROVALS_RETRY_DELAY = 5.0
+"""Seconds before a report approval-svc could not take is delivered again."""
+
+
+class ApprovalsUnavailable(Exception):
+    """approval-svc did not answer: the message is put back, not counted as failing."""
 
 
 _UPLOAD_SUFFIX = "." + OfflineLogBatch.NAME
@@ -109,6 +123,7 @@ class AgentIntake:
         self.handlers: dict[str, Callable[[Verified], Awaitable[None]]] = {
             ElevationRequested.NAME: self.on_elevation_requested,
             OfflineLogBatch.NAME: self.on_offline_log_batch,
+            ApprovalUsed.NAME: self.on_approval_used,
         }
 
     def _device(self, device_id: str) -> dict[str, Any] | None:
@@ -213,6 +228,14 @@ class AgentIntake:
                 extra={"subject": msg.subject, "detail": str(pending)},
             )
             await msg.nak(delay=GAP_RECHECK_DELAY)
+            return
+        except ApprovalsUnavailable as down:
+            log.warning(
+                "report put back until approval-svc answers: %s",
+                down,
+                extra={"subject": msg.subject},
+            )
+            await msg.nak(delay=APPROVALS_RETRY_DELAY)
             return
         except Refused as r:
             await self._alert(msg, r)
@@ -409,6 +432,39 @@ class AgentIntake:
             # follows it leave in one write (one wake-up of nats-server, not two).
             bus = self._deliveries or self.ctx.bus
             await bus.nc.publish(v.reply_to, orjson.dumps(answer.model_dump(mode="json")))
+
+    async def on_approval_used(self, v: Verified) -> None:
+        """The device's user used its request's approval as it arrived: approval-svc spends
+        a technician's once-approval on that very request (its ``use_approval``:
+        GrantConsumed), so the grant answers no later request. While approval-svc cannot be
+        reached the report is put back (nak with a delay), never dropped."""
+        try:
+            body = ApprovalUsed.model_validate(v.data)
+        except ValidationError as exc:
+            raise Malformed("invalid_data", str(exc).splitlines()[0]) from None
+        tenant, device = v.subject.tenant, v.subject.device
+        ids = {"tenant": tenant, "device_id": device, "request_id": body.request_id}
+        try:
+            used = await call(
+                self.ctx.bus.nc,
+                APPROVALS,
+                "use_approval",
+                {"tenant": tenant, "device_id": device, "request_id": body.request_id},
+                SYSTEM,
+                timeout=USE_APPROVAL_TIMEOUT,
+            )
+        except Unavailable as exc:
+            raise ApprovalsUnavailable(str(exc)) from None
+        except NotFound as exc:
+            raise Malformed("unknown_request", exc.detail) from None
+        except Forbidden as exc:
+            raise Refused("foreign_request", exc.detail, tenant, device) from None
+        except Conflict as exc:
+            raise Malformed("not_approved", exc.detail) from None
+        log.info(
+            "approval used",
+            extra={**ids, "grant_id": used.get("grant_id"), "consumed_by": used.get("consumed_by")},
+        )
 
     async def on_offline_log_batch(self, v: Verified) -> None:
         """Records of the device's offline log (epm_request.replay), signed once per batch."""
