@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from epm_events.catalog import TenantCreated
 from epm_notify.app import DEFINITION, HttpClient
 from epm_notify.channels import generate_webhook_secret
@@ -193,10 +195,41 @@ async def test_a_host_name_that_resolves_to_loopback_is_refused_before_connectin
     guarded = aiohttp.TCPConnector(resolver=PublicOnlyResolver(dns))
     async with aiohttp.ClientSession(connector=guarded) as s:
         out = await WebhookSender(s).send({"url": url}, hook.secret, "n2", BODY)
-    assert isinstance(out, NotDelivered) and out.permanent
-    assert "resolves to a non-public address" in out.error and SETTING in out.error
+    assert isinstance(out, NotDelivered)
+    assert "does not resolve to a public address" in out.error and SETTING in out.error
     assert "127.0.0.1" not in out.error  # the tenant does not learn what the name resolves to
     assert hook.tries == 1
+
+
+class NoSuchName(AbstractResolver):
+    """A DNS server that knows no name (NXDOMAIN)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        raise OSError(None, f"Name or service not known: {host}")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_internal_name_and_a_name_that_does_not_exist_fail_alike(
+    receiver: Receiver,
+) -> None:
+    """A tenant's channel failures must not tell which internal names exist: a name that
+    resolves to a private address and one that does not resolve give the same error, and
+    both are tried again as any unreachable host is."""
+    url = f"http://hooks.example.test:{receiver.port}/hooks/z"
+    secret = generate_webhook_secret()
+    outcomes = []
+    for dns in (PublicOnlyResolver(FixedAnswers(["10.1.2.3"])), PublicOnlyResolver(NoSuchName())):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=dns)) as s:
+            outcomes.append(await WebhookSender(s).send({"url": url}, secret, "n3", BODY))
+    internal, missing = outcomes
+    assert isinstance(internal, NotDelivered) and isinstance(missing, NotDelivered)
+    assert (internal.error, internal.permanent) == (missing.error, missing.permanent)
+    assert not internal.permanent
+    assert "10.1.2.3" not in internal.error
 
 
 async def test_the_service_http_session_refuses_names_that_resolve_to_loopback(
@@ -216,5 +249,8 @@ async def test_the_service_http_session_refuses_names_that_resolve_to_loopback(
             await http.stop()
         assert hook.tries == expected_tries, (allowed, out)
         if allowed == "false":
-            assert isinstance(out, NotDelivered) and "non-public address" in out.error
+            assert (
+                isinstance(out, NotDelivered)
+                and "does not resolve to a public address" in out.error
+            )
     assert receiver.errors  # the unsigned POST that got through was answered 401

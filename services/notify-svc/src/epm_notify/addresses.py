@@ -112,6 +112,16 @@ def refused_url_message(what: str, url: str, why: str) -> str:
     )
 
 
+def unresolved_delivery(what: str) -> str:
+    """A delivery's failure reason when its host name gave no public address: the same for a
+    name that does not resolve and one that resolves only to non-public addresses, so that a
+    tenant cannot tell which internal names exist from its channels' failures."""
+    return (
+        f"{what} not sent: its host name does not resolve to a public address (no such name, "
+        f"or only loopback, private or link-local addresses, which need {ALLOW_SETTING})"
+    )
+
+
 def refused_delivery(what: str, why: str) -> str:
     """A delivery's failure reason (it reaches the dead letter, which the tenant may see):
     what was refused, never which address a name resolved to."""

@@ -26,7 +26,13 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from epm_notify.addresses import literal_refusal, non_public, parse_address, refused_delivery
+from epm_notify.addresses import (
+    literal_refusal,
+    non_public,
+    parse_address,
+    refused_delivery,
+    unresolved_delivery,
+)
 from epm_notify.retry import NotDelivered, Outcome, outcome_of_status
 from epm_notify.signing import signed_headers
 
@@ -117,11 +123,12 @@ async def post(
     except TimeoutError:
         return NotDelivered(f"{what} timed out")
     except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, NonPublicAddress):
-            return NotDelivered(
-                refused_delivery(what, "its host resolves to a non-public address"),
-                permanent=True,
-            )
+        if isinstance(exc.os_error, NonPublicAddress) or (
+            not allow_private and isinstance(exc, aiohttp.ClientConnectorDNSError)
+        ):
+            # One answer for both, tried again as any unreachable host is: a name that
+            # resolves to a private address must look like one that does not resolve.
+            return NotDelivered(unresolved_delivery(what))
         return NotDelivered(f"{what} unreachable ({type(exc).__name__})")
     except (aiohttp.ClientError, OSError) as exc:
         return NotDelivered(f"{what} unreachable ({type(exc).__name__})")
