@@ -203,20 +203,30 @@ async def test_request_is_open_when_nobody_answers(
     assert outcome.request_id == request_id_for(stored.headers["Nats-Msg-Id"])
 
 
+def technician_decides(
+    bus: Bus, svc: RequestSvcStandIn, answer: Callable[[str], RequestAnswer]
+) -> asyncio.Task[None]:
+    """A technician who decides the first request the stand-in receives, on EPM_DEVICE."""
+
+    async def decide() -> None:
+        await until(lambda: bool(svc.received))
+        await send_decision(bus, answer(request_id_for(svc.received[0].msg_id)))
+
+    return asyncio.create_task(decide())
+
+
 async def test_request_wait_picks_up_a_technician_decision(
     bus: Bus, agent: Agent, state_dir: Path
 ) -> None:
     svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
     await svc.start()
-
-    async def technician() -> None:
-        await until(lambda: bool(svc.received))
-        request_id = request_id_for(svc.received[0].msg_id)
-        await send_decision(
-            bus, RequestAnswer(request_id=request_id, status="denied", decided_by="technician:tom")
-        )
-
-    decided = asyncio.create_task(technician())
+    decided = technician_decides(
+        bus,
+        svc,
+        lambda request_id: RequestAnswer(
+            request_id=request_id, status="denied", decided_by="technician:tom"
+        ),
+    )
     outcome = await agent.request(
         "/usr/bin/tool", sha256=SHA, user="alice", reason="x", wait_seconds=20
     )
@@ -234,16 +244,13 @@ async def test_a_once_approval_the_user_waited_for_is_reported_used_once_signed(
 ) -> None:
     svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
     await svc.start()
-
-    async def technician() -> None:
-        await until(lambda: bool(svc.received))
-        request_id = request_id_for(svc.received[0].msg_id)
-        once = RequestAnswer(
+    decided = technician_decides(
+        bus,
+        svc,
+        lambda request_id: RequestAnswer(
             request_id=request_id, status="approved", decided_by="technician:tom", scope="once"
-        )
-        await send_decision(bus, once)
-
-    decided = asyncio.create_task(technician())
+        ),
+    )
     outcome = await agent.request(
         "/usr/bin/tool", sha256=SHA, user="alice", reason="x", wait_seconds=20
     )

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from epm_domain.request import RequestError, create, decide, evolve, expire, use_approval
+from epm_domain.request import Request, RequestError, create, decide, evolve, expire, use_approval
 from epm_events.catalog import Actor, AppInfo, Approved, Denied, GrantConsumed
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -64,38 +65,27 @@ def test_expiry_is_due_only_for_open_requests_past_their_time() -> None:
     assert expire(decided, NOW + timedelta(days=9)) is None
 
 
+def decided_by(r: Request, **how: Any) -> Request:
+    """``r`` approved as ``how`` says (scope, by, and a rule or grant id)."""
+    return evolve(r, decide(r, decision="approve", now=NOW, **how), "acme", NOW)
+
+
 def test_using_a_once_approval_spends_the_grant_it_issued_on_the_request_itself() -> None:
     r = opened()
-    approved = evolve(
-        r,
-        decide(r, decision="approve", scope="once", by=TECH, now=NOW, grant_id="req-1"),
-        "acme",
-        NOW,
-    )
+    approved = decided_by(r, scope="once", by=TECH, grant_id="req-1")
     spent = use_approval(approved, "dev-1")
     assert spent == GrantConsumed(grant_id="req-1", request_id="req-1", user="bob", sha256="a" * 64)
 
 
 def test_using_an_approval_that_issued_no_grant_spends_nothing() -> None:
     r = opened()
-    rule = Actor(kind="rule", id="rule-1")
-    by_rule = evolve(
-        r,
-        decide(r, decision="approve", scope="tenant", by=rule, now=NOW, rule_id="rule-1"),
-        "acme",
-        NOW,
-    )
+    by_rule = decided_by(r, scope="tenant", by=Actor(kind="rule", id="rule-1"), rule_id="rule-1")
     assert use_approval(by_rule, "dev-1") is None
 
 
 def test_only_the_requesting_device_may_use_an_approval_and_only_an_approval() -> None:
     r = opened()
-    approved = evolve(
-        r,
-        decide(r, decision="approve", scope="once", by=TECH, now=NOW, grant_id="req-1"),
-        "acme",
-        NOW,
-    )
+    approved = decided_by(r, scope="once", by=TECH, grant_id="req-1")
     with pytest.raises(RequestError) as other:
         use_approval(approved, "dev-2")
     assert other.value.reason == "foreign_request"
