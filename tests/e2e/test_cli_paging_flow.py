@@ -109,3 +109,55 @@ def test_following_more_lines_lists_every_rule_of_the_tenant_once(stack: Stack) 
     rows, commands = follow("rule", "list", "--tenant", "pager-r", "--limit", "1", *data)
     assert sorted(row[0] for row in rows) == sorted(made)
     assert len(commands) == 3
+
+
+def test_following_more_lines_lists_every_device_once_open_requests_first_revoked_last(
+    stack: Stack,
+) -> None:
+    stack.ok("tenant", "create", "pager-d", "--name", "pager-d")
+    agents = {name: stack.enroll("pager-d", name) for name in ("pd-c", "pd-a", "pd-b")}
+    request(agents["pd-c"], exe(stack.tmp, "pd-tool.exe"))  # open: no rule decides it
+    listed = stack.ok("device", "list", "--tenant", "pager-d")["items"]
+    pd_a = next(d["device_id"] for d in listed if d["hostname"] == "pd-a")
+    stack.ok("device", "revoke", pd_a, "--tenant", "pager-d")
+    wait_for(
+        "pd-c's request open in the device list",
+        lambda: (
+            len(stack.ok("device", "list", "--tenant", "pager-d", "--offline-open")["items"]) == 1
+        ),
+        30.0,
+    )
+    data = ["--data-dir", str(stack.dev.data_dir)]
+    rows, commands = follow("device", "list", "--tenant", "pager-d", "--limit", "1", *data)
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("pd-c", "True", "False"),
+        ("pd-b", "False", "False"),
+        ("pd-a", "False", "True"),
+    ]
+    assert len({row[0] for row in rows}) == 3
+    assert all("--tenant pager-d --limit 1" in c for c in commands[1:])
+    rows, commands = follow(
+        "device", "list", "--tenant", "pager-d", "--offline-open", "--limit", "1", *data
+    )
+    assert [row[1] for row in rows] == ["pd-c"]
+    assert all("--offline-open" in c for c in commands[1:])
+
+
+def test_following_more_lines_lists_every_notification_channel_once_oldest_first(
+    stack: Stack,
+) -> None:
+    stack.ok("tenant", "create", "pager-n", "--name", "pager-n")
+    made = [
+        stack.ok(
+            *("notify", "channel", "add", "webhook", "--tenant", "pager-n"),
+            *("--webhook-url", f"https://hooks.example.com/pager-n/{i}"),
+        )["id"]
+        for i in range(3)
+    ]
+    data = ["--data-dir", str(stack.dev.data_dir)]
+    rows, commands = follow(
+        "notify", "channel", "list", "--tenant", "pager-n", "--limit", "2", *data
+    )
+    assert [row[0] for row in rows] == made
+    assert len(commands) == 2
+    assert "--tenant pager-n --limit 2" in commands[1]

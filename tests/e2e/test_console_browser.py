@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from tests.e2e.devstack import DevProcess, epm_json, wait_for
 from tests.e2e.test_offline_codes_flow import run_agent
@@ -344,6 +345,39 @@ def test_offline_help_desk_answer_is_accepted_by_the_agent(
     )
     choose_customer(msp, "All customers")
     msp.get_by_role("button", name="Requests").click()
+
+
+def test_offline_help_desk_searches_the_computers_of_every_page(
+    stack: Console, browser: Browser, agents: dict[str, Path]
+) -> None:
+    """The device list comes a page at a time: the help desk follows next_cursor (here the
+    real first page is given a cursor, and the next page is one made-up computer)."""
+    asked: list[dict[str, list[str]]] = []
+
+    def devices(route: Route) -> None:
+        query = parse_qs(urlsplit(route.request.url).query)
+        asked.append(query)
+        if "cursor" not in query:
+            first = route.fetch()
+            route.fulfill(response=first, json={**first.json(), "next_cursor": "bmV4dA"})
+            return
+        beyond = {"id": "d-beyond", "device_id": "d-beyond", "tenant": "acme"}
+        beyond |= {"hostname": "beyond-page-one", "revoked": False, "offline_open": False}
+        route.fulfill(json={"items": [beyond]})
+
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.route(re.compile(r"/v1/tenants/acme/devices\?"), devices)
+    sign_in(page, stack.url, stack.token("msp_technician", None, "Pia"))
+    page.get_by_role("button", name="Offline help desk").click()
+    choose_customer(page, "Acme (acme)")
+    helpdesk = page.get_by_role("form", name="Answer a request code")
+    helpdesk.get_by_label("Search computers").fill("beyond")
+    expect(helpdesk.get_by_label("Computer", exact=True)).to_have_value("d-beyond")
+    helpdesk.get_by_label("Search computers").fill("a1")
+    expect(helpdesk.get_by_label("Computer", exact=True)).to_have_value(device_id(stack, "a1"))
+    assert asked[:2] == [{"limit": ["500"]}, {"limit": ["500"], "cursor": ["bmV4dA"]}]
+    context.close()
 
 
 def device_id(stack: Console, hostname: str) -> str:

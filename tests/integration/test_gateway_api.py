@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +13,23 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from epm_events.codec import decode_event
 from epm_events.streams import EVENTS
 from epm_gateway.api import create_app
 from epm_gateway.app import start_gateway
 from epm_gateway.domain import bootstrap_token_id, hash_token, new_token
+from epm_notify.app import DEFINITION as NOTIFY
+from epm_request.app import DEFINITION as REQUESTS
 from epm_service.bus import Bus
 from epm_service.principal import SYSTEM
 from epm_service.rpc import call
-from epm_service.runtime import RunningService
+from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
 
 from tests.conftest import delete_streams
+from tests.integration.test_request_svc import Device, eventually
 
 PROBLEM = "application/problem+json"
 
@@ -437,3 +444,162 @@ async def test_a_misspelt_decision_field_is_refused_not_ignored(gw: Gateway) -> 
     body = {"decision": "approve", "scope": "tenant", "rule_nmae": "Contoso"}
     problem = assert_problem(await gw.post("/v1/requests/req-1/decision", body), 422)
     assert "rule_nmae" in str(problem)
+
+
+# --- lists of other services, paged (devices: request-svc; channels: notify-svc) --------
+
+FOREIGN = "cursor is not one this API handed out: use next_cursor from the previous page"
+
+
+@pytest.fixture
+async def listing(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
+    """The gateway with request-svc and notify-svc, and the tenants acme and globex."""
+    gateway_settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    services = [
+        await start_service(REQUESTS, gateway_settings),
+        await start_service(NOTIFY, gateway_settings),
+    ]
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    try:
+        async with running_gateway(gateway_settings, admin) as gw:
+            await gw.tenant("acme")
+            await gw.tenant("globex")
+            yield gw
+    finally:
+        for service in reversed(services):
+            await service.stop()
+
+
+async def pages(
+    gw: Gateway, path: str, params: dict[str, Any], token: str | None = None
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every page of a list, following next_cursor: the items and the page sizes."""
+    items: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    cursor: str | None = None
+    for _ in range(50):
+        r = await gw.get(path, token, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        items += r.json()["items"]
+        sizes.append(len(r.json()["items"]))
+        cursor = r.json().get("next_cursor")
+        if cursor is None:
+            return items, sizes
+    raise AssertionError("no last page after 50 pages")
+
+
+async def enroll_over_http(gw: Gateway, tenant: str, hostname: str) -> Device:
+    r = await gw.post(f"/v1/tenants/{tenant}/enrollment-tokens", {})
+    assert r.status_code == 201, r.text
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body = {
+        "enrollment_token": r.json()["token"],
+        "public_key": base64.b64encode(public).decode(),
+        "hostname": hostname,
+    }
+    r = await gw.client.post("/v1/agent/enroll", json=body)
+    assert r.status_code == 201, r.text
+    return Device(tenant, r.json()["device_id"], key)
+
+
+async def test_device_list_pages_over_http_open_requests_first_and_revoked_last(
+    listing: Gateway, bus: Bus
+) -> None:
+    gw = listing
+    fleet = {h: await enroll_over_http(gw, "acme", h) for h in ("pc-c", "pc-a", "pc-b", "pc-d")}
+    fleet["pc-e"] = await enroll_over_http(gw, "acme", "pc-e")
+    await enroll_over_http(gw, "globex", "pc-0")
+    for hostname in ("pc-b", "pc-e"):  # an open request each (no approval-svc decides it)
+        subject, body, headers = fleet[hostname].message()
+        await bus.js.publish(subject, body, headers=headers)
+
+    async def two_open() -> bool:
+        r = await gw.get("/v1/tenants/acme/devices", params={"offline": "open"})
+        return len(r.json()["items"]) == 2
+
+    await eventually(two_open)
+    for hostname in ("pc-d", "pc-e"):
+        r = await gw.delete(f"/v1/tenants/acme/devices/{fleet[hostname].device_id}")
+        assert r.status_code == 204, r.text
+
+    listed, sizes = await pages(gw, "/v1/tenants/acme/devices", {"limit": 2})
+    assert [(d["hostname"], d["offline_open"], d["revoked"]) for d in listed] == [
+        ("pc-b", True, False),
+        ("pc-e", True, True),
+        ("pc-a", False, False),
+        ("pc-c", False, False),
+        ("pc-d", False, True),
+    ]
+    assert sizes == [2, 2, 1]
+    assert [d["id"] for d in listed] == [fleet[d["hostname"]].device_id for d in listed]
+    whole = (await gw.get("/v1/tenants/acme/devices")).json()
+    assert whole["items"] == listed and "next_cursor" not in whole
+
+    opened, sizes = await pages(gw, "/v1/tenants/acme/devices", {"offline": "open", "limit": 1})
+    assert [d["hostname"] for d in opened] == ["pc-b", "pc-e"] and sizes == [1, 1, 0]
+
+    stranger = (await gw.token("tenant_admin", "globex"))["token"]
+    mine, _ = await pages(gw, "/v1/tenants/globex/devices", {}, stranger)
+    assert [d["hostname"] for d in mine] == ["pc-0"]
+    cursor = (await gw.get("/v1/tenants/acme/devices", params={"limit": 1})).json()["next_cursor"]
+    for params in ({}, {"cursor": cursor}, {"cursor": "garbage"}):
+        assert_problem(await gw.get("/v1/tenants/acme/devices", stranger, params=params), 404)
+
+
+async def test_notification_channel_lists_page_over_http_oldest_first(listing: Gateway) -> None:
+    gw = listing
+
+    async def add(path: str, n: int, token: str | None = None) -> str:
+        body = {"kind": "webhook", "url": f"https://hooks.example.com/{n}"}
+        r = await gw.post(path, body, token)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    acme_admin = (await gw.token("tenant_admin", "acme"))["token"]
+    acme = [await add("/v1/tenants/acme/notification-channels", n, acme_admin) for n in range(5)]
+    msp = [await add("/v1/notification-channels", n) for n in range(3)]
+    await add("/v1/tenants/globex/notification-channels", 0)
+
+    listed, sizes = await pages(
+        gw, "/v1/tenants/acme/notification-channels", {"limit": 2}, acme_admin
+    )
+    assert [c["id"] for c in listed] == acme and sizes == [2, 2, 1]
+    listed, sizes = await pages(gw, "/v1/notification-channels", {"limit": 3})
+    assert [c["id"] for c in listed] == msp and sizes == [3, 0]
+
+    stranger = (await gw.token("tenant_admin", "globex"))["token"]
+    first = await gw.get("/v1/tenants/acme/notification-channels", params={"limit": 1})
+    for params in ({}, {"cursor": first.json()["next_cursor"]}):
+        assert_problem(
+            await gw.get("/v1/tenants/acme/notification-channels", stranger, params=params), 404
+        )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/tenants/acme/devices",
+        "/v1/tenants/acme/notification-channels",
+        "/v1/notification-channels",
+    ],
+)
+async def test_a_list_refuses_a_cursor_it_did_not_hand_out_and_a_page_above_500(
+    listing: Gateway, path: str
+) -> None:
+    gw = listing
+    await enroll_over_http(gw, "acme", "pc-1")
+    await enroll_over_http(gw, "acme", "pc-2")
+    for target in ("/v1/tenants/acme/notification-channels", "/v1/notification-channels"):
+        for n in range(2):
+            r = await gw.post(target, {"kind": "webhook", "url": f"https://h.example.com/{n}"})
+            assert r.status_code == 201, r.text
+    other_kind = "notification-channels" if path.endswith("/devices") else "devices"
+    r = await gw.get(f"/v1/tenants/acme/{other_kind}", params={"limit": 1})
+    for cursor in ("300", "garbage", "é", r.json()["next_cursor"]):  # a request list's, made
+        # up, not ASCII, the other kind of list's
+        problem = assert_problem(await gw.get(path, params={"cursor": cursor}), 422)
+        assert problem["detail"].startswith(FOREIGN), cursor
+    assert_problem(await gw.get(path, params={"limit": 501}), 422)
+    assert len((await gw.get(path, params={"limit": 500})).json()["items"]) == 2

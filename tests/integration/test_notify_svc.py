@@ -301,6 +301,70 @@ async def test_channels_of_another_tenant_are_not_found_and_non_admins_are_forbi
     assert (await call(bus.nc, SVC, "list_channels", {"tenant": "globex"}, ADMIN))["items"] == []
 
 
+async def channel_pages(
+    bus: Bus, args: dict[str, Any], who: Principal
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every page of ``list_channels``, following next_cursor: the channels and page sizes."""
+    seen: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    cursor: str | None = None
+    for _ in range(50):
+        page = await call(bus.nc, SVC, "list_channels", {**args, "cursor": cursor}, who)
+        seen += page["items"]
+        sizes.append(len(page["items"]))
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            return seen, sizes
+    raise AssertionError("no last page after 50 pages")
+
+
+async def test_channel_pages_cover_every_channel_once_oldest_first(
+    bus: Bus, notify: RunningService
+) -> None:
+    async def add(tenant: str | None, n: int) -> str:
+        args: dict[str, Any] = {"kind": "webhook", "url": f"https://hooks.example.com/{n}"}
+        ch = await call(bus.nc, SVC, "add_channel", {**args, "tenant": tenant}, ADMIN)
+        return str(ch["id"])
+
+    acme = [await add("acme", n) for n in range(6)]
+    msp = [await add(None, n) for n in range(3)]
+    await add("globex", 0)
+    await call(bus.nc, SVC, "remove_channel", {"channel_id": acme.pop(2)}, ACME_ADMIN)
+    whole = await call(bus.nc, SVC, "list_channels", {"tenant": "acme"}, ACME_ADMIN)
+    assert [c["id"] for c in whole["items"]] == acme and "next_cursor" not in whole
+    for limit in (1, 2, 5):
+        listed, sizes = await channel_pages(bus, {"tenant": "acme", "limit": limit}, ACME_ADMIN)
+        assert listed == whole["items"], limit
+        assert all(size == limit for size in sizes[:-1]) and sizes[-1] <= limit
+    assert sizes == [5, 0]  # a full last page has a cursor; the page after it is empty
+    listed, sizes = await channel_pages(bus, {"limit": 2}, ADMIN)  # the MSP-wide ones
+    assert [c["id"] for c in listed] == msp and sizes == [2, 1]
+    assert {c["tenant"] for c in listed} == {None}
+
+
+async def test_a_channel_cursor_this_api_did_not_hand_out_is_invalid_and_others_stay_hidden(
+    bus: Bus, notify: RunningService
+) -> None:
+    for n in range(3):
+        args = {"tenant": "acme", "kind": "email", "to": f"ops{n}@acme.example"}
+        await call(bus.nc, SVC, "add_channel", args, ADMIN)
+    first = await call(bus.nc, SVC, "list_channels", {"tenant": "acme", "limit": 1}, ADMIN)
+    device_cursor = "ZGV2aWNlczpbMCwwLCJwYyIsImQtMSJd"  # devices:[0,0,"pc","d-1"]
+    for cursor in ("300", device_cursor, "é", "not a cursor"):
+        with pytest.raises(CommandError) as err:
+            await call(bus.nc, SVC, "list_channels", {"tenant": "acme", "cursor": cursor}, ADMIN)
+        assert err.value.status == 422, cursor
+        assert err.value.detail.startswith("cursor is not one this API handed out"), cursor
+    with pytest.raises(CommandError) as err:
+        await call(bus.nc, SVC, "list_channels", {"tenant": "acme", "limit": 501}, ADMIN)
+    assert err.value.status == 422
+    globex_admin = Principal(token_id="t3", name="gus", role="tenant_admin", tenant="globex")
+    for extra in ({}, {"cursor": first["next_cursor"]}, {"cursor": "garbage"}):
+        with pytest.raises(CommandError) as err:
+            await call(bus.nc, SVC, "list_channels", {"tenant": "acme", **extra}, globex_admin)
+        assert err.value.status == 404, extra
+
+
 # --- deliveries ---------------------------------------------------------------------------
 
 

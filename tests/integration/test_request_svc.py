@@ -131,7 +131,7 @@ async def request_svc(
     await running.stop()
 
 
-async def enroll(bus: Bus, tenant: str) -> Device:
+async def enroll(bus: Bus, tenant: str, hostname: str = "pc-1") -> Device:
     created = await call(
         bus.nc, "request-svc", "create_enrollment_token", {"tenant": tenant}, ADMIN
     )
@@ -141,7 +141,7 @@ async def enroll(bus: Bus, tenant: str) -> Device:
         bus.nc,
         "request-svc",
         "enroll",
-        {"enrollment_token": created["token"], "public_key": pub, "hostname": "pc-1"},
+        {"enrollment_token": created["token"], "public_key": pub, "hostname": hostname},
         ADMIN,
     )
     assert answer["tenant"] == tenant
@@ -348,3 +348,115 @@ async def test_readiness_counts_the_intakes_own_connection(
     finally:
         intake._status = status
     assert request_svc.ready() == (True, "")
+
+
+# --- the device list, paged -------------------------------------------------------------
+
+FOREIGN = "cursor is not one this API handed out: use next_cursor from the previous page"
+
+
+async def device_pages(
+    bus: Bus, args: dict[str, Any], who: Principal = ADMIN
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every page of ``list_devices``, following next_cursor: the devices and page sizes."""
+    seen: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    cursor: str | None = None
+    for _ in range(50):
+        page = await call(bus.nc, "request-svc", "list_devices", {**args, "cursor": cursor}, who)
+        seen += page["items"]
+        sizes.append(len(page["items"]))
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            return seen, sizes
+    raise AssertionError("no last page after 50 pages")
+
+
+async def help_desk_fleet(bus: Bus) -> dict[str, Device]:
+    """Eight acme devices by name (hostname pc-<first letter>): two with an open request
+    (pc-e's device revoked since), pc-a three times (one revoked; between the other two the
+    id decides); and one globex device."""
+    names = ["c", "a-revoked", "e-open-revoked", "b", "d-open", "a", "a-twin", "f"]
+    fleet = {name: await enroll(bus, "acme", "pc-" + name[0]) for name in names}
+    fleet["globex"] = await enroll(bus, "globex", "pc-a")
+    for name in ("e-open-revoked", "d-open"):
+        subject, body, headers = fleet[name].message()
+        await bus.js.publish(subject, body, headers=headers)
+
+    async def both_open() -> bool:
+        page = await call(
+            bus.nc, "request-svc", "list_devices", {"tenant": "acme", "offline_open": True}, ADMIN
+        )
+        return len(page["items"]) == 2
+
+    await eventually(both_open)
+    await revoke(bus, fleet["a-revoked"])
+    await revoke(bus, fleet["e-open-revoked"])
+    return fleet
+
+
+async def test_device_pages_cover_every_device_once_open_requests_first_revoked_last(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    fleet = await help_desk_fleet(bus)
+    twins = sorted([fleet["a"].device_id, fleet["a-twin"].device_id])  # one hostname
+    expected = [
+        (fleet["d-open"].device_id, True, False),
+        (fleet["e-open-revoked"].device_id, True, True),  # an open request: before the rest
+        *((device_id, False, False) for device_id in twins),
+        *((fleet[n].device_id, False, False) for n in ("b", "c", "f")),
+        (fleet["a-revoked"].device_id, False, True),  # revoked: last
+    ]
+    whole = await call(bus.nc, "request-svc", "list_devices", {"tenant": "acme"}, ADMIN)
+    assert [(d["id"], d["offline_open"], d["revoked"]) for d in whole["items"]] == expected
+    assert "next_cursor" not in whole  # 8 of the default 100
+    for limit in (1, 2, 3, 8):
+        listed, sizes = await device_pages(bus, {"tenant": "acme", "limit": limit})
+        assert [d["id"] for d in listed] == [e[0] for e in expected], limit
+        assert all(size == limit for size in sizes[:-1]) and sizes[-1] <= limit
+        assert listed == whole["items"]  # the same devices, field for field
+
+
+async def test_device_pages_with_offline_open_keep_to_devices_with_an_open_request(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    fleet = await help_desk_fleet(bus)
+    listed, sizes = await device_pages(bus, {"tenant": "acme", "offline_open": True, "limit": 1})
+    assert [d["id"] for d in listed] == [
+        fleet["d-open"].device_id,
+        fleet["e-open-revoked"].device_id,
+    ]
+    assert sizes == [1, 1, 0]  # a full last page has a cursor; the page after it is empty
+
+
+async def test_a_device_cursor_this_api_did_not_hand_out_is_invalid(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    await help_desk_fleet(bus)
+    requests_cursor = "300"
+    for cursor in (requests_cursor, "bm90IG9uZSBvZiBvdXJz", "é", "devices:[0,0,'a','b']"):
+        with pytest.raises(CommandError) as err:
+            await call(
+                bus.nc, "request-svc", "list_devices", {"tenant": "acme", "cursor": cursor}, ADMIN
+            )
+        assert err.value.status == 422 and err.value.detail.startswith(FOREIGN), cursor
+    for limit in (0, 501):
+        with pytest.raises(CommandError) as err:
+            await call(
+                bus.nc, "request-svc", "list_devices", {"tenant": "acme", "limit": limit}, ADMIN
+            )
+        assert err.value.status == 422
+
+
+async def test_another_tenants_device_list_is_not_found_whatever_the_cursor(
+    bus: Bus, request_svc: RunningService
+) -> None:
+    await help_desk_fleet(bus)
+    first = await call(bus.nc, "request-svc", "list_devices", {"tenant": "acme", "limit": 2}, ADMIN)
+    stranger = Principal(token_id="t1", name="eve", role="tenant_admin", tenant="globex")
+    for extra in ({}, {"cursor": first["next_cursor"]}, {"cursor": "garbage"}):
+        with pytest.raises(CommandError) as err:
+            await call(bus.nc, "request-svc", "list_devices", {"tenant": "acme", **extra}, stranger)
+        assert err.value.status == 404, extra
+    own = await call(bus.nc, "request-svc", "list_devices", {"tenant": "globex"}, stranger)
+    assert [d["hostname"] for d in own["items"]] == ["pc-a"]

@@ -203,3 +203,71 @@ def test_rule_list_pages_with_a_more_line_like_the_others(
     assert hint == ["rule", "list", "--tenant", "acme", "--limit", "1", "--cursor", "100"]
     run(*hint)
     assert fake.query() == {"limit": ["1"], "cursor": ["100"]}
+
+
+def device_page(path: str) -> dict[str, Any]:
+    device = {"device_id": "d-1", "hostname": "pc-1", "offline_open": True, "revoked": False}
+    return {"items": [device], "next_cursor": "ZGV2aWNlczpb"}
+
+
+def test_device_list_pages_and_its_more_line_keeps_the_offline_filter(
+    gateway: Callable[[Answer], FakeGateway],
+) -> None:
+    fake = gateway(device_page)
+    args = ["device", "list", "--tenant", "acme", "--offline-open", "--limit", "1"]
+    code, out = run(*args)
+    assert code == 0
+    assert fake.paths[0].startswith("/v1/tenants/acme/devices?")
+    assert fake.query() == {"offline": ["open"], "limit": ["1"]}
+    hint = more_line(out)
+    assert hint == [*args, "--cursor", "ZGV2aWNlczpb"]
+    run(*hint)
+    assert fake.query() == {"offline": ["open"], "limit": ["1"], "cursor": ["ZGV2aWNlczpb"]}
+
+
+def test_device_list_without_paging_options_asks_for_the_whole_first_page(
+    gateway: Callable[[Answer], FakeGateway],
+) -> None:
+    fake = gateway(lambda _: {"items": []})
+    code, out = run("device", "list", "--tenant", "acme")
+    assert code == 0
+    assert fake.paths == ["/v1/tenants/acme/devices"]
+    assert out.strip() == "no devices enrolled" and "more:" not in out
+    _, out = run("device", "list", "--tenant", "acme", "--cursor", "ZGV2aWNlczpb")
+    assert out.strip() == "no more devices"  # the end of a listing, not an empty tenant
+
+
+def channel_page(path: str) -> dict[str, Any]:
+    channel = {"id": "ch-1", "kind": "webhook", "url": "https://hooks.example.com/a"}
+    return {"items": [channel], "next_cursor": "Y2hhbm5lbHM6Ww"}
+
+
+@pytest.mark.parametrize(
+    ("tenant", "base"),
+    [
+        (["--tenant", "acme"], "/v1/tenants/acme/notification-channels"),
+        ([], "/v1/notification-channels"),
+    ],
+)
+def test_notify_channel_list_pages_with_a_more_line_like_the_others(
+    gateway: Callable[[Answer], FakeGateway], tenant: list[str], base: str
+) -> None:
+    fake = gateway(channel_page)
+    args = ["notify", "channel", "list", *tenant, "--limit", "2"]
+    code, out = run(*args)
+    assert code == 0
+    assert fake.paths[0] == f"{base}?limit=2"
+    assert "https://hooks.example.com/a" in out
+    hint = more_line(out)
+    assert hint == [*args, "--cursor", "Y2hhbm5lbHM6Ww"]
+    run(*hint)
+    assert fake.paths[1].startswith(f"{base}?")
+    assert fake.query(1) == {"limit": ["2"], "cursor": ["Y2hhbm5lbHM6Ww"]}
+
+
+@pytest.mark.parametrize(
+    "command", [["device", "list", "--tenant", "acme"], ["notify", "channel", "list"]]
+)
+def test_device_and_channel_lists_take_at_most_500_a_page(command: list[str]) -> None:
+    done = CliRunner().invoke(app, [*command, "--limit", "501"], env=ENV)
+    assert done.exit_code == 2

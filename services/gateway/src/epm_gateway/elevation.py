@@ -86,6 +86,17 @@ class RuleIn(BaseModel):
         return data
 
 
+# --- paging (devices, rules, notification channels) --------------------------------------
+
+PageCursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+PageLimit = Annotated[int, Query(ge=1, le=500, description="items per page")]
+
+
+def page(cursor: str | None, limit: int) -> dict[str, Any]:
+    """A list command's paging arguments (no cursor: from the beginning)."""
+    return {"limit": limit, **({"cursor": cursor} if cursor else {})}
+
+
 # --- enrollment and devices -----------------------------------------------------------
 
 
@@ -111,11 +122,14 @@ async def list_devices(
     svc: Service,
     offline: Annotated[
         Literal["open"] | None,
-        Query(description="'open': only computers whose last request was still open"),
+        Query(description="'open': only computers with any open request"),
     ] = None,
+    cursor: PageCursor = None,
+    limit: PageLimit = 100,
 ) -> dict[str, Any]:
-    """The tenant's computers, those with an open offline request first."""
-    args = {"tenant": tenant, "offline_open": offline == "open"}
+    """The tenant's computers, a page at a time (``next_cursor`` while there may be more):
+    those with any open request first, revoked ones last, then by hostname."""
+    args = {"tenant": tenant, "offline_open": offline == "open", **page(cursor, limit)}
     return await forward(svc, REQUESTS, "list_devices", args, who)
 
 
@@ -183,20 +197,12 @@ async def decide(request_id: str, body: DecisionIn, who: Caller, svc: Service) -
 # --- rules ------------------------------------------------------------------------------
 
 
-RuleCursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
-RuleLimit = Annotated[int, Query(ge=1, le=500)]
-
-
-def _page(cursor: str | None, limit: int) -> dict[str, Any]:
-    return {"limit": limit, **({"cursor": cursor} if cursor else {})}
-
-
 @router.get("/v1/tenants/{tenant}/rules", tags=["rules"])
 async def tenant_rules(
-    tenant: str, who: Caller, svc: Service, cursor: RuleCursor = None, limit: RuleLimit = 100
+    tenant: str, who: Caller, svc: Service, cursor: PageCursor = None, limit: PageLimit = 100
 ) -> dict[str, Any]:
     """A tenant's rules, a page at a time (``next_cursor`` while there are more)."""
-    args = {"tenant": tenant, **_page(cursor, limit)}
+    args = {"tenant": tenant, **page(cursor, limit)}
     return await forward(svc, APPROVALS, "list_rules", args, who)
 
 
@@ -210,10 +216,10 @@ async def create_tenant_rule(
 
 @router.get("/v1/rules", tags=["rules"])
 async def global_rules(
-    who: Caller, svc: Service, cursor: RuleCursor = None, limit: RuleLimit = 100
+    who: Caller, svc: Service, cursor: PageCursor = None, limit: PageLimit = 100
 ) -> dict[str, Any]:
     """The rules for all customers, a page at a time (``next_cursor`` while there are more)."""
-    return await forward(svc, APPROVALS, "list_rules", _page(cursor, limit), who)
+    return await forward(svc, APPROVALS, "list_rules", page(cursor, limit), who)
 
 
 @router.post("/v1/rules", status_code=201, tags=["rules"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from epm_gateway.api import Caller, Service
-from epm_gateway.elevation import forward
+from epm_gateway.elevation import PageCursor, PageLimit, forward, page
 
 NOTIFY = "notify-svc"
 
@@ -45,9 +45,13 @@ def _args(body: ChannelIn, tenant: str | None) -> dict[str, Any]:
 
 
 @router.get("/v1/tenants/{tenant}/notification-channels")
-async def tenant_channels(tenant: str, who: Caller, svc: Service) -> dict[str, Any]:
-    """A tenant's channels."""
-    return await forward(svc, NOTIFY, "list_channels", {"tenant": tenant}, who)
+async def tenant_channels(
+    tenant: str, who: Caller, svc: Service, cursor: PageCursor = None, limit: PageLimit = 100
+) -> dict[str, Any]:
+    """A tenant's channels, oldest first, a page at a time (``next_cursor`` while there may
+    be more)."""
+    args = {"tenant": tenant, **page(cursor, limit)}
+    return await forward(svc, NOTIFY, "list_channels", args, who)
 
 
 @router.post("/v1/tenants/{tenant}/notification-channels", status_code=201)
@@ -59,9 +63,12 @@ async def add_tenant_channel(
 
 
 @router.get("/v1/notification-channels")
-async def msp_channels(who: Caller, svc: Service) -> dict[str, Any]:
-    """The MSP-wide channels (told of every tenant's requests)."""
-    return await forward(svc, NOTIFY, "list_channels", {}, who)
+async def msp_channels(
+    who: Caller, svc: Service, cursor: PageCursor = None, limit: PageLimit = 100
+) -> dict[str, Any]:
+    """The MSP-wide channels (told of every tenant's requests), oldest first, a page at a
+    time (``next_cursor`` while there may be more)."""
+    return await forward(svc, NOTIFY, "list_channels", page(cursor, limit), who)
 
 
 @router.post("/v1/notification-channels", status_code=201)

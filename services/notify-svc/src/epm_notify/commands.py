@@ -7,6 +7,7 @@ from typing import Any
 from epm_events.catalog import NotificationChannelAdded, NotificationChannelRemoved
 from epm_events.ids import new_id, validate_tenant
 from epm_service.errors import NotFound
+from epm_service.paging import decode_cursor, encode_cursor, page_limit
 from epm_service.principal import Principal
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import CommandHandler
@@ -20,6 +21,8 @@ from epm_notify.config import NotifySettings
 from epm_notify.dispatcher import channel_context
 from epm_notify.store import NotifyStore
 from epm_notify.vapid import application_server_key, vapid_key
+
+CHANNEL_CURSOR = "channels"  # the channel lists' cursors (epm_service.paging)
 
 
 class NotifyCommands:
@@ -79,8 +82,17 @@ class NotifyCommands:
 
     async def list_channels(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         scope = await self._scope(args, p)
-        channels = await self.store.read(lambda c: store.list_channels(c, scope))
-        return {"items": [ch.view() for ch in channels]}
+        limit = page_limit(args)
+        cursor = args.get("cursor")
+        after = None
+        if cursor not in (None, ""):  # absent or empty: from the beginning
+            added_at, channel_id = decode_cursor(CHANNEL_CURSOR, cursor, (str, str))
+            after = (str(added_at), str(channel_id))
+        channels = await self.store.read(lambda c: store.list_channels(c, scope, after, limit))
+        out: dict[str, Any] = {"items": [ch.view() for ch in channels]}
+        if len(channels) == limit:
+            out["next_cursor"] = encode_cursor(CHANNEL_CURSOR, store.channel_key(channels[-1]))
+        return out
 
     async def remove_channel(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         channel_id = str(args.get("channel_id") or "")

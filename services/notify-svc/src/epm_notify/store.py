@@ -269,11 +269,27 @@ def get_channel(conn: sqlite3.Connection, channel_id: str) -> Channel | None:
     return None if row is None else _channel(row)
 
 
-def list_channels(conn: sqlite3.Connection, tenant: str) -> list[Channel]:
+ChannelKey = tuple[str, str]
+"""Where a channel stands in its list: (added_at, id)."""
+
+
+def channel_key(channel: Channel) -> ChannelKey:
+    """The sort key of a channel in ``list_channels`` (a page's cursor is its last one's)."""
+    return (channel.added_at, channel.id)
+
+
+def list_channels(
+    conn: sqlite3.Connection, tenant: str, after: ChannelKey | None = None, limit: int = 100
+) -> list[Channel]:
+    """A page of the channels of ``tenant`` (or the MSP-wide ones), oldest first, after the
+    channel whose key is ``after``."""
+    where, args = "tenant = ? AND removed = 0", [tenant]
+    if after is not None:
+        where += " AND (added_at, id) > (?, ?)"
+        args.extend(after)
     rows = conn.execute(
-        f"SELECT {_CHANNEL_COLUMNS} FROM channels WHERE tenant = ? AND removed = 0"
-        " ORDER BY added_at, id",
-        (tenant,),
+        f"SELECT {_CHANNEL_COLUMNS} FROM channels WHERE {where} ORDER BY added_at, id LIMIT ?",
+        (*args, limit),
     ).fetchall()
     return [_channel(r) for r in rows]
 

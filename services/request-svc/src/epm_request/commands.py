@@ -19,6 +19,7 @@ from epm_events.catalog import (
 from epm_events.ids import validate_tenant
 from epm_events.subjects import device_inbox_prefix
 from epm_service.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from epm_service.paging import decode_cursor, encode_cursor, page_limit
 from epm_service.principal import SYSTEM, Principal
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import call
@@ -34,6 +35,7 @@ APPROVALS = "approval-svc"
 ADMIN_ROLES = frozenset({"msp_admin", "tenant_admin"})
 REQUEST_READERS = frozenset({"msp_admin", "msp_technician", "tenant_admin", "tenant_technician"})
 MAX_PAGE = 200
+DEVICE_CURSOR = "devices"  # the device list's cursors (epm_service.paging)
 
 
 class RequestCommands:
@@ -182,8 +184,23 @@ class RequestCommands:
         if p.role == "integrator":
             raise Forbidden("integrators may read events and audit only")
         offline_open = bool(args.get("offline_open"))
-        items = await self.store.read(lambda c: store.list_devices(c, tenant, offline_open))
-        return {"items": items}
+        limit = page_limit(args)
+        cursor = args.get("cursor")
+        after = None
+        if cursor not in (None, ""):  # absent or empty: from the beginning
+            closed, revoked, hostname, device_id = decode_cursor(
+                DEVICE_CURSOR, cursor, (int, int, str, str)
+            )
+            after = (int(closed), int(revoked), str(hostname), str(device_id))
+        items = await self.store.read(
+            lambda c: store.list_devices(
+                c, tenant, offline_open=offline_open, after=after, limit=limit
+            )
+        )
+        out: dict[str, Any] = {"items": items}
+        if len(items) == limit:
+            out["next_cursor"] = encode_cursor(DEVICE_CURSOR, store.device_key(items[-1]))
+        return out
 
     async def revoke_device(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         tenant = await self._visible_tenant(p, str(args.get("tenant", "")))

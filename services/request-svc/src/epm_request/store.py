@@ -594,17 +594,45 @@ def get_enrollment_token(conn: sqlite3.Connection, token_hash: str) -> Enrollmen
     return EnrollmentToken(row[0], row[1], datetime.fromisoformat(row[2]), row[3], row[4])
 
 
-def list_devices(conn: sqlite3.Connection, tenant: str, offline_open: bool) -> list[dict[str, Any]]:
-    # A device with any open request comes first (not only when its last request is open:
-    # a later one decided by a rule hid an earlier open one); revoked devices last.
+DeviceSortKey = tuple[int, int, str, str]
+"""Where a device stands in the device list: (no open request, revoked, hostname, id)."""
+
+
+def device_key(device: dict[str, Any]) -> DeviceSortKey:
+    """The sort key of an item of ``list_devices`` (a page's cursor is its last item's)."""
+    closed = 0 if device["offline_open"] else 1
+    return (closed, int(device["revoked"]), str(device["hostname"]), str(device["id"]))
+
+
+def list_devices(
+    conn: sqlite3.Connection,
+    tenant: str,
+    *,
+    offline_open: bool = False,
+    after: DeviceSortKey | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """A page of a tenant's devices in the help desk's order (``device_key``): devices with
+    any open request first (not only when their last request is open: a later one decided
+    by a rule hid an earlier open one), in each part revoked ones last, then by hostname and
+    id; after the device whose key is ``after``. ``offline_open``: only devices with an open
+    request."""
+    where = ["d.tenant = ?"]
+    args: list[str | int] = [tenant, tenant]  # the open requests' tenant, the devices'
+    if offline_open:
+        where.append("o.device_id IS NOT NULL")
+    if after is not None:
+        where.append("(o.device_id IS NULL, d.revoked, d.hostname, d.id) > (?, ?, ?, ?)")
+        args.extend(after)
     rows = conn.execute(
         "SELECT d.id, d.hostname, d.revoked, d.enrolled_at, o.device_id IS NOT NULL,"
         " d.last_request_id FROM devices d LEFT JOIN (SELECT DISTINCT device_id FROM requests"
         " WHERE tenant = ? AND status = 'open') o ON o.device_id = d.id"
-        " WHERE d.tenant = ? ORDER BY 5 DESC, d.revoked, d.hostname, d.id",
-        (tenant, tenant),
+        f" WHERE {' AND '.join(where)}"
+        " ORDER BY o.device_id IS NULL, d.revoked, d.hostname, d.id LIMIT ?",
+        (*args, limit),
     ).fetchall()
-    items = [
+    return [
         {
             "id": r[0],
             "device_id": r[0],
@@ -617,7 +645,6 @@ def list_devices(conn: sqlite3.Connection, tenant: str, offline_open: bool) -> l
         }
         for r in rows
     ]
-    return [i for i in items if i["offline_open"]] if offline_open else items
 
 
 def get_request_state(conn: sqlite3.Connection, request_id: str) -> tuple[str, int] | None:

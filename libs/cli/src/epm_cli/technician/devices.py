@@ -8,11 +8,15 @@ import typer
 
 from epm_cli.output import JsonFlag, emit
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    page_path,
     render_table,
+    with_more,
 )
 
 enrollment_app = typer.Typer(help="One-time tokens that enroll a device.", no_args_is_help=True)
@@ -50,31 +54,34 @@ def create_enrollment_token(
 
 @device_app.command("list")
 def list_devices(
+    ctx: typer.Context,
     tenant: TenantOption,
     offline_open: Annotated[
         bool,
-        typer.Option("--offline-open", help="Only computers whose last request was still open."),
+        typer.Option("--offline-open", help="Only computers with any open request."),
     ] = False,
+    limit: Annotated[int | None, limit_option(500)] = None,
+    cursor: CursorOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List a tenant's computers, those with an open request first.
+    """List a tenant's computers, a page at a time: those with an open request first,
+    revoked ones last.
 
     Example: epm device list --tenant acme
     """
-    path = f"/v1/tenants/{tenant}/devices" + ("?offline=open" if offline_open else "")
+    filters = {"offline": "open" if offline_open else None}
+    path = page_path(f"/v1/tenants/{tenant}/devices", cursor, limit, filters)
     with api_session(url, token, data_dir, as_json) as api:
         answer = api.call("GET", path)
     items = answer.get("items", [])
-    emit(
-        answer,
-        as_json,
-        render_table(
-            items, ["device_id", "hostname", "offline_open", "revoked"], "no devices enrolled"
-        ),
-    )
+    empty = "no more devices" if cursor else "no devices enrolled"
+    if offline_open and not cursor:
+        empty = "no computer has an open request"
+    table = render_table(items, ["device_id", "hostname", "offline_open", "revoked"], empty)
+    emit(answer, as_json, with_more(ctx, answer, table))
 
 
 @device_app.command("revoke")

@@ -8,11 +8,15 @@ import typer
 
 from epm_cli.output import JsonFlag, emit, fail
 from epm_cli.technician.options import (
+    CursorOption,
     DataDirOption,
     TokenOption,
     UrlOption,
     api_session,
+    limit_option,
+    page_path,
     render_table,
+    with_more,
 )
 
 app = typer.Typer(help="Notifications.", no_args_is_help=True)
@@ -82,23 +86,28 @@ def add(
 
 @channel_app.command("list")
 def list_(
+    ctx: typer.Context,
     tenant: TenantOpt = None,
+    limit: Annotated[int | None, limit_option(500)] = None,
+    cursor: CursorOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List channels.
+    """List channels, oldest first, a page at a time.
 
     Example: epm notify channel list --tenant acme
     """
     with api_session(url, token, data_dir, as_json) as api:
-        answer = api.call("GET", _base(tenant))
+        answer = api.call("GET", page_path(_base(tenant), cursor, limit))
     items = [
         {**c, "target": c.get("url") or c.get("to") or c.get("endpoint", "")}
         for c in answer.get("items", [])
     ]
-    emit(answer, as_json, render_table(items, ["id", "kind", "target"], "no channels"))
+    empty = "no more channels" if cursor else "no channels"
+    table = render_table(items, ["id", "kind", "target"], empty)
+    emit(answer, as_json, with_more(ctx, answer, table))
 
 
 @channel_app.command("remove")

@@ -1,12 +1,14 @@
 // Offline help desk: answer a computer's request code, issue access codes, lift a lockout,
 // edit the policy.
-import { api, ApiError } from "./api.js";
+import { api, ApiError, query } from "./api.js";
 import { $, $$, h, notify } from "./dom.js";
 
+const PAGE = 500; // the most the device list answers at once
 const POLICY_SWITCHES = ["challenge_response", "response_any_app", "app_codes", "admin_codes", "self_service"];
 
 export function offlineView(ctx) {
   let devices = [];
+  let loading = 0;
 
   const tenantPath = () => `/v1/tenants/${encodeURIComponent(ctx.tenant)}`;
   const devicePath = () => `${tenantPath()}/devices/${encodeURIComponent($("#device").value)}`;
@@ -16,10 +18,25 @@ export function offlineView(ctx) {
     $("#offline-needs-tenant").hidden = !needsTenant;
     $("#offline-tools").hidden = needsTenant;
     if (needsTenant) return;
-    const page = await api("GET", `${tenantPath()}/devices`);
-    devices = page.items.filter((d) => !d.revoked); // open offline requests come first
+    const ticket = ++loading;
+    const listed = await allDevices(`${tenantPath()}/devices`, () => ticket !== loading);
+    if (ticket !== loading) return; // the customer changed, or a newer load answered first
+    devices = listed.filter((d) => !d.revoked); // open offline requests come first
     renderDevices();
     await loadPolicy();
+  }
+
+  // Every page of the device list, in its order: the search below looks at all computers.
+  async function allDevices(path, stale) {
+    const found = [];
+    let cursor = null;
+    do {
+      const page = await api("GET", path + query({ limit: PAGE, cursor }));
+      if (stale()) return found;
+      found.push(...page.items);
+      cursor = page.next_cursor || null;
+    } while (cursor);
+    return found;
   }
 
   // Hostname matches rank before id-only matches ("a2" is a hostname, and also inside many hex ids).
@@ -127,6 +144,7 @@ export function offlineView(ctx) {
     tenantChanged: () => {
       $("#response-result").hidden = true;
       $("#codes-result").hidden = true;
+      loading += 1; // a list still loading is the previous customer's
       devices = [];
     },
   };
