@@ -279,6 +279,19 @@ def test_users_generate_their_own_codes_only_where_the_policy_allows(
     assert granted["grant"] == "app"
     stack.policy("acme", "--no-self-service")
 
+    # The device's record of the redemption names the code as its issue did (a keyed hash
+    # both compute), so request-svc can tell one code used twice.
+    assert pc2.ok("sync")["pending"] == 0
+
+    def hashes(kind: str) -> list[str]:
+        records = stack.ok("audit", "list", "--tenant", "acme", "--type", kind)["items"]
+        return [
+            r["event"]["data"]["code_hash"] for r in records if r["event"]["data"].get("code_hash")
+        ]
+
+    redeemed = wait_for("the redemption in the audit trail", lambda: hashes("OfflineCodeRedeemed"))
+    assert redeemed[-1] in hashes("OfflineCodeIssued") and redeemed[-1].startswith("hmac:")
+
 
 def test_the_help_desk_lifts_a_lockout_with_the_cli_and_the_computer_applies_it_online(
     stack: Stack,

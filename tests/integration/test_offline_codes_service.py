@@ -16,6 +16,7 @@ from epm_approval.app import DEFINITION as APPROVAL
 from epm_domain.offline_codes import (
     CodeError,
     ResponseGrant,
+    access_code_hash,
     code_hash,
     verify_access_code,
     verify_response,
@@ -179,7 +180,13 @@ async def test_issued_codes_verify_on_the_device_and_only_their_hashes_are_recor
         )
 
     recorded = await events_named(bus, "OfflineCodeIssued")
-    assert [e["code_hash"] for e in recorded] == [code_hash(c["code"]) for c in issued]
+    assert [e["code_hash"] for e in recorded] == [
+        access_code_hash(c["code"], keys.access_code) for c in issued
+    ]
+    # keyed: who reads the event cannot test guesses of an unused code against it
+    assert all(
+        e["code_hash"] != code_hash(c["code"]) for e, c in zip(recorded, issued, strict=True)
+    )
     assert all(e["issued_by"] == "tenant_technician:alice" for e in recorded)
     assert not any(e["self_generated"] for e in recorded)
     flat = b"".join(data for _, data in await raw_events(bus)).decode()
@@ -338,7 +345,7 @@ async def test_a_device_generates_its_own_code_only_where_the_policy_allows(
     [event] = await events_named(bus, "OfflineCodeIssued")
     assert event["self_generated"] is True
     assert event["issued_by"] == f"device:{device.device_id}"
-    assert event["code_hash"] == code_hash(code)
+    assert event["code_hash"] == access_code_hash(code, device.keys().access_code)
 
 
 async def test_a_device_command_with_a_bad_or_stale_signature_is_refused(

@@ -8,6 +8,7 @@ from epm_domain.offline_codes import (
     AccessCode,
     CodeError,
     ResponseGrant,
+    access_code_hash,
     code_hash,
     device_key,
     from_text,
@@ -128,3 +129,11 @@ def test_request_codes_are_six_digits_and_not_reused() -> None:
     for _ in range(50):
         c = new_request_code(used)
         assert len(c) == 6 and c.isdigit() and c not in used
+
+
+def test_an_access_codes_hash_is_keyed_by_the_device_and_ignores_how_it_was_typed() -> None:
+    text = issue_access_code(AKEY, "d-1", AccessCode(7, "app", TODAY, 0, SHA), 1, TODAY)
+    keyed = access_code_hash(text, AKEY)
+    assert keyed == access_code_hash(text.lower().replace("-", ""), AKEY)
+    assert keyed.startswith("hmac:") and keyed != "hmac:" + code_hash(text)
+    assert keyed != access_code_hash(text, bytes(32))  # another device's key: another hash

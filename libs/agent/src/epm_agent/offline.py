@@ -17,6 +17,7 @@ from typing import Any, Literal, NoReturn
 
 from epm_domain.offline_codes import (
     CodeError,
+    access_code_hash,
     code_hash,
     from_text,
     new_request_code,
@@ -256,7 +257,7 @@ class OfflineAccess:
         redeemed = {
             "kind": "access_code",
             "code_ref": f"access_code:v{checked.key_version}:{code.counter}",
-            "code_hash": code_hash(entered),
+            "code_hash": access_code_hash(entered, current.access_code),
             "grant": code.purpose,
             "user": who,
         }

@@ -272,8 +272,27 @@ def verify_access_code(
 
 
 def code_hash(text: str) -> str:
-    """How an issued code is stored and sent in events: never the code itself."""
+    """A response code as the agent keeps it once used (it reaches an event only then, when
+    it can open nothing more): never the code itself."""
     return hashlib.sha256(to_text(from_text(text)).encode()).hexdigest()
+
+
+ACCESS_CODE_HASH_PREFIX = "hmac:"
+_ACCESS_CODE_HASH_INFO = b"epm access code hash"
+
+
+def access_code_hash(text: str, access_code_key: bytes) -> str:
+    """How an access code is kept in events (OfflineCodeIssued, and OfflineCodeRedeemed from
+    the agent): keyed by the device's access-code key of the code's version, so only the
+    server and that device can compute it.
+
+    An unkeyed hash would let anyone who reads the events (an integrator, an auditor)
+    recover an UNUSED code: 20 of its 60 bits are in the same event (counter, purpose,
+    expiry day), which leaves 2^40 tries of SHA-256, minutes on one GPU. Prefixed, so it is
+    never taken for the unkeyed hash of events written before."""
+    key = hkdf_sha256(access_code_key, b"", _ACCESS_CODE_HASH_INFO)
+    canonical = to_text(from_text(text)).encode()
+    return ACCESS_CODE_HASH_PREFIX + hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 # --- wrong entries --------------------------------------------------------------------------

@@ -323,7 +323,7 @@ class OfflineCodeIssued(Event):
     code_id: str
     purpose: GrantKind
     counter: int
-    code_hash: str
+    code_hash: str  # epm_domain.offline_codes.access_code_hash: keyed, never the code
     sha256: str | None = None
     minutes: int | None = None
     expires_at: datetime
@@ -352,8 +352,9 @@ class OfflineCodeRedeemed(OfflineRecord):
     code_ref: str  # counter or response id, never the code
     grant: GrantKind
     user: str = ""
-    # epm_domain.offline_codes.code_hash of the code entered (as in OfflineCodeIssued):
-    # lets request-svc see one code redeemed twice, also on two devices
+    # the code entered as OfflineCodeIssued has it (an access code:
+    # epm_domain.offline_codes.access_code_hash, keyed by the device; a response code:
+    # code_hash): lets request-svc see one code redeemed twice, also on two devices
     code_hash: str | None = None
 
 

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from epm_domain.offline_codes import AccessCode, CodeError, code_hash, issue_access_code
+from epm_domain.offline_codes import (
+    AccessCode,
+    CodeError,
+    access_code_hash,
+    issue_access_code,
+)
 from epm_domain.offline_codes import response_code as make_response_code
 from epm_domain.sealed import SealedError, derive_device_keys, parse_public_key, seal_device_keys
 from epm_events.catalog import (
@@ -300,7 +305,7 @@ class OfflineCommands:
                 code_id=new_id("code"),
                 purpose=grant.purpose,
                 counter=counter,
-                code_hash=code_hash(code),
+                code_hash=access_code_hash(code, keys.access_code),
                 sha256=grant.sha256,
                 minutes=grant.minutes or None,
                 expires_at=grant.expires_at,
