@@ -12,7 +12,9 @@ from epm_notify.retry import RetryPolicy
 class NotifySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EPM_NOTIFY_", extra="ignore")
 
-    max_attempts: int = 8
+    # 16 tries at 2s doubling to 10m apart (equal jitter): a receiver may be down for
+    # 40-75 minutes and still get every notification
+    max_attempts: int = 16
     retry_base: float = 2.0  # seconds; accepts 500ms as 0.5, or 2s, 1m
     retry_cap: float = 600.0
     http_timeout: float = 5.0  # a whole webhook or push try
