@@ -98,9 +98,32 @@ def test_public_addresses_and_host_names_are_accepted(url: str) -> None:
     assert new_channel({"kind": "webhook", "url": url}, STRICT).target == {"url": url}
 
 
-@pytest.mark.parametrize("url", PRIVATE_URLS)
+LINK_LOCAL_URLS = [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fe80::1%25eth0]/hook",
+    "http://[::ffff:169.254.169.254]/hook",
+]
+
+
+@pytest.mark.parametrize("url", [u for u in PRIVATE_URLS if u not in LINK_LOCAL_URLS])
 def test_the_setting_allows_private_hosts_for_a_lab_or_a_developer_machine(url: str) -> None:
     assert new_channel({"kind": "webhook", "url": url}, LAB).target == {"url": url}
+
+
+@pytest.mark.parametrize("url", LINK_LOCAL_URLS)
+def test_link_local_hosts_where_cloud_metadata_answers_are_refused_even_in_a_lab(
+    url: str,
+) -> None:
+    with pytest.raises(Invalid) as err:
+        new_channel({"kind": "webhook", "url": url}, LAB)
+    assert "link-local" in err.value.detail and "never allowed" in err.value.detail
+
+
+async def test_in_a_lab_a_name_that_resolves_to_a_metadata_address_is_still_refused() -> None:
+    lab = PublicOnlyResolver(FixedAnswers(["10.0.0.5"], ["169.254.169.254"]), allow_private=True)
+    assert await lab.resolve("receiver.lab", 80)  # a private receiver is the lab's own
+    with pytest.raises(NonPublicAddress):
+        await lab.resolve("receiver.lab", 80)
 
 
 def test_private_hosts_are_refused_unless_allowed_by_default() -> None:

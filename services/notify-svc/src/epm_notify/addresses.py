@@ -9,8 +9,9 @@ refused when the channel is added, and the addresses a host name resolves to
 are checked again before each connection (epm_notify.webhook), which also
 covers names that resolve to private addresses and DNS rebinding.
 
-``EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS=true`` turns both checks off, for a lab or a
-developer machine whose receivers listen on loopback or a private network.
+``EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS=true`` allows loopback and private addresses, for a
+lab or a developer machine whose receivers listen there; link-local addresses (cloud
+metadata services) stay refused.
 """
 
 from __future__ import annotations
@@ -86,15 +87,25 @@ def is_local_name(host: str) -> bool:
     return name in _LOCAL_NAMES or name.endswith(".localhost")
 
 
-def literal_refusal(host: str) -> str | None:
+def refused_kind(ip: IPAddress, allow_private: bool = False) -> str | None:
+    """What kind of address notify-svc does not send to ``ip`` is, or None. With
+    ``allow_private`` (a lab) only link-local ones stay refused: that is where cloud
+    metadata services answer (169.254.169.254, fe80::), and no lab receiver needs them."""
+    kind = non_public(ip)
+    if kind is None or (allow_private and kind != "link-local"):
+        return None
+    return kind
+
+
+def literal_refusal(host: str, allow_private: bool = False) -> str | None:
     """Why a URL's host is refused as written (before any lookup), or None: a name that
-    means this machine, or an address that is not public."""
-    if is_local_name(host):
+    means this machine, or an address that is not public (``refused_kind``)."""
+    if is_local_name(host) and not allow_private:
         return f"{host} (this machine: loopback)"
     ip = parse_address(host)
     if ip is None:
         return None
-    kind = non_public(ip)
+    kind = refused_kind(ip, allow_private)
     if kind is None:
         return None
     article = "an" if kind[0] in "aeiou" else "a"
@@ -102,12 +113,17 @@ def literal_refusal(host: str) -> str | None:
     return f"{article} {kind} address ({shown})"
 
 
-def refused_url_message(what: str, url: str, why: str) -> str:
+def refused_url_message(what: str, url: str, why: str, allow_private: bool = False) -> str:
     """The 422 answer to a channel whose URL points at a non-public host."""
+    if allow_private:
+        return (
+            f"{what} {url!r} points at {why}. Link-local addresses are never allowed, also "
+            f"with {ALLOW_SETTING}=true: cloud metadata services answer there"
+        )
     return (
         f"{what} {url!r} points at {why}. notify-svc sends only to public addresses, so that "
-        "a channel cannot reach services inside the network it runs in. To allow loopback, "
-        f"private and link-local addresses (a lab or a developer machine), set {ALLOW_SETTING}"
+        "a channel cannot reach services inside the network it runs in. To allow loopback "
+        f"and private addresses (a lab or a developer machine), set {ALLOW_SETTING}"
         "=true for notify-svc"
     )
 

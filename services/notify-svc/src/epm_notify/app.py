@@ -48,8 +48,8 @@ def secret_box(ctx: ServiceContext) -> SecretBox:
 class HttpClient:
     """The HTTP session the webhook and push senders share, closed with the service.
 
-    Unless EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS is set it resolves host names with
-    PublicOnlyResolver: nothing is sent to a name that resolves to a non-public address.
+    It resolves host names with PublicOnlyResolver: nothing is sent to a name that resolves
+    to a non-public address (with EPM_NOTIFY_ALLOW_PRIVATE_WEBHOOKS, to a link-local one).
     """
 
     def __init__(self, cfg: NotifySettings) -> None:
@@ -70,7 +70,7 @@ class HttpClient:
         connector = aiohttp.TCPConnector(
             limit=200,
             limit_per_host=self.cfg.per_channel_concurrency,
-            resolver=None if self.cfg.allow_private_webhooks else PublicOnlyResolver(),
+            resolver=PublicOnlyResolver(allow_private=self.cfg.allow_private_webhooks),
         )
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
 

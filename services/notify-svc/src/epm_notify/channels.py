@@ -125,10 +125,9 @@ def check_url(value: Any, what: str, rules: Rules) -> str:
         raise Invalid(f"{what} must be an http:// or https:// URL with a host, not {value!r}")
     if parts.username or parts.password:
         raise Invalid(f"{what} must not carry credentials; webhooks are signed instead")
-    if not rules.allow_private_hosts:
-        why = literal_refusal(parts.hostname)
-        if why is not None:
-            raise Invalid(refused_url_message(what, value, why))
+    why = literal_refusal(parts.hostname, rules.allow_private_hosts)
+    if why is not None:
+        raise Invalid(refused_url_message(what, value, why, rules.allow_private_hosts))
     return value
 
 

@@ -28,9 +28,9 @@ from yarl import URL
 
 from epm_notify.addresses import (
     literal_refusal,
-    non_public,
     parse_address,
     refused_delivery,
+    refused_kind,
     unresolved_delivery,
 )
 from epm_notify.retry import NotDelivered, Outcome, outcome_of_status
@@ -51,8 +51,9 @@ class PublicOnlyResolver(AbstractResolver):
     any of its addresses is not public: a name with one private address among public ones
     could otherwise be tried on the private one."""
 
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, inner: AbstractResolver | None = None, allow_private: bool = False) -> None:
         self.inner = inner if inner is not None else DefaultResolver()
+        self.allow_private = allow_private  # then only link-local is refused (refused_kind)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -60,7 +61,7 @@ class PublicOnlyResolver(AbstractResolver):
         found = await self.inner.resolve(host, port, family)
         for r in found:
             ip = parse_address(r["host"])
-            kind = "unreadable" if ip is None else non_public(ip)
+            kind = "unreadable" if ip is None else refused_kind(ip, self.allow_private)
             if kind is not None:
                 # the operator's log says which address; the delivery's reason does not
                 log.warning(
@@ -113,10 +114,9 @@ async def post(
         target = URL(url)  # parsed once, as aiohttp parses it, so the host checked is the one used
     except ValueError:
         return NotDelivered(f"{what} URL is not valid", permanent=True)
-    if not allow_private:
-        why = literal_refusal(target.host or "")
-        if why is not None:
-            return NotDelivered(refused_delivery(what, f"its host is {why}"), permanent=True)
+    why = literal_refusal(target.host or "", allow_private)
+    if why is not None:
+        return NotDelivered(refused_delivery(what, f"its host is {why}"), permanent=True)
     try:
         async with session.post(target, data=body, headers=headers, allow_redirects=False) as resp:
             status = resp.status
