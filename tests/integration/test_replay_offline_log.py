@@ -295,6 +295,8 @@ async def test_sync_uploads_each_record_once_with_device_time_and_time_received(
     assert abs(received.timestamp() - stored_ns / 1e9) < 30  # received now, not on the device
     assert received - DEVICE_TIME > timedelta(days=1) or received < DEVICE_TIME
     assert first["data"]["record_hash"] == log_of(agent)[0].hash
+    # as every CloudEvent: time in UTC with "Z"; the source is the device it happened on
+    assert first["time"].endswith("Z") and first["source"] == f"/agents/acme/{device}"
 
 
 async def test_an_upload_prepared_beforehand_sends_what_was_signed_and_marks_it_sent_on_ack(

@@ -32,12 +32,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from epm_events.agent import REPLAY_KIND, ReplayAck, ReplayRefusal
 from epm_events.catalog import AdminSessionStarted, SecurityAlertRaised
-from epm_events.envelope import service_source
+from epm_events.envelope import agent_source
 from epm_events.ids import derived_event_id
 from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import AgentSubject, aggregate_filter, device_subject
@@ -90,7 +90,6 @@ class OfflineReplay:
         self.ctx = ctx
         self.js = ctx.bus.js
         self.store = projector
-        self.source = service_source(ctx.name)
         self._appended: dict[str, int] = {}  # device -> stream seq of our last record for it
         self.bulk = BulkPublisher(ctx.bus.nc)
         self.workers = ctx.settings.replay_workers
@@ -132,7 +131,11 @@ class OfflineReplay:
         mine = self._appended.get(device)
         if mine is not None:  # read our own writes: the device's previous batch
             await self.store.wait_for(mine, timeout=CATCH_UP_TIMEOUT)
-        job = UploadJob(subject, batch_id, payload, received.isoformat(), self.source, False)
+        # The records' CloudEvents as every event has them: ``time`` in UTC with "Z", and
+        # the device the records happened on as their ``source`` (DESIGN.md's
+        # ``/agents/<tenant>/<device>``: the service only checked and replayed them).
+        at = received.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        job = UploadJob(subject, batch_id, payload, at, agent_source(tenant, device), False)
         attempt = 0
         while True:
             result = await self._prepare(job)
