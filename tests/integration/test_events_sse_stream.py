@@ -220,11 +220,11 @@ async def consumers_on(live: Live, subject: str) -> int:
     return len([i for i in infos if i.config.filter_subject == subject])
 
 
-async def publish_request_event(live: Live, tenant: str) -> None:
+async def publish_request_event(live: Live, tenant: str, request_id: str | None = None) -> None:
     """A RequestCreated appended as request-svc appends it."""
     now = datetime.now(UTC)
     event = RequestCreated(
-        request_id=f"r-{tenant}",
+        request_id=request_id or f"r-{tenant}",
         device_id=f"d-{tenant}",
         user="bob",
         app=AppInfo(file_name="editor.exe", sha256="a" * 64),
@@ -263,3 +263,66 @@ async def epm_events_tail(*args: str) -> list[dict[str, Any]]:
     out, err = await asyncio.wait_for(proc.communicate(), DEADLINE)
     assert proc.returncode == 0, err.decode()
     return [orjson.loads(line) for line in out.splitlines()]
+
+
+async def test_a_revoked_tokens_open_stream_sends_no_further_event_and_closes(
+    live: Live,
+) -> None:
+    await live.gw.tenant("acme")
+    integrator = await live.gw.token("integrator", "acme")
+    after_revoke: list[dict[str, str]] = []
+    async with (
+        asyncio.timeout(DEADLINE),
+        httpx.AsyncClient(base_url=live.url, timeout=DEADLINE) as client,
+        client.stream("GET", "/v1/events", headers=live.auth(integrator["token"])) as r,
+    ):
+        assert r.status_code == 200, await r.aread()
+        frames = sse(r)
+        assert await anext(frames) == {"comment": "connected"}
+        await publish_request_event(live, "acme")
+        async for frame in frames:  # the stream is live
+            if "id" in frame:
+                break
+        r2 = await live.gw.delete(f"/v1/tokens/{integrator['id']}")
+        assert r2.status_code == 204, r2.text
+        await publish_request_event(live, "acme", "r-after-revocation")
+        revoked_at = asyncio.get_running_loop().time()
+        after_revoke = [frame async for frame in frames]  # ends: the server closed it
+        closed_in = asyncio.get_running_loop().time() - revoked_at
+    assert not [f for f in after_revoke if "id" in f], after_revoke
+    assert {"comment": "ended: the token was revoked or the session ended"} in after_revoke
+    assert closed_in < 5
+    # and the token cannot open another one
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        r = await client.get("/v1/events", headers=live.auth(integrator["token"]))
+        assert r.status_code == 401
+
+
+async def test_an_idle_console_stream_closes_within_seconds_of_its_token_being_revoked(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_stream, "REVALIDATE_SECONDS", 0.2)
+    await live.gw.tenant("acme")
+    tech = await live.gw.token("tenant_technician", "acme")  # reads request events only
+    async with (
+        asyncio.timeout(DEADLINE),
+        httpx.AsyncClient(base_url=live.url, timeout=DEADLINE) as client,
+    ):
+        r = await client.post(
+            "/v1/session", json={"token": tech["token"]}, headers={"X-EPM-Console": "1"}
+        )
+        assert r.status_code == 200, r.text
+        async with client.stream("GET", "/v1/events") as r:  # the session cookie
+            assert r.status_code == 200, await r.aread()
+            frames = sse(r)
+            assert (await anext(frames)) == {"comment": "connected"}
+            revoked = await live.gw.delete(f"/v1/tokens/{tech['id']}")
+            assert revoked.status_code == 204, revoked.text
+            revoked_at = asyncio.get_running_loop().time()
+            rest = [frame async for frame in frames]  # no event comes: the check ends it
+            closed_in = asyncio.get_running_loop().time() - revoked_at
+        assert [f for f in rest if "retry" not in f] == [
+            {"comment": "ended: the token was revoked or the session ended"}
+        ]
+        assert closed_in < 3
+        assert (await client.get("/v1/events")).status_code == 401

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from epm_approval.app import DEFINITION as APPROVALS
 from epm_events.codec import decode_event
 from epm_events.streams import EVENTS
 from epm_gateway.api import create_app
@@ -265,6 +266,17 @@ async def test_technician_cannot_issue_tokens(gw: Gateway) -> None:
     tech = await gw.token("tenant_technician", "acme")
     body = {"role": "tenant_technician", "name": "x"}
     assert_problem(await gw.post("/v1/tokens", body, token=tech["token"]), 403)
+
+
+async def test_refusals_name_roles_with_the_article_they_need(gw: Gateway) -> None:
+    await gw.tenant("acme")
+    integrator = (await gw.token("integrator", "acme"))["token"]
+    body = {"role": "integrator", "tenant": "acme", "name": "x"}
+    detail = assert_problem(await gw.post("/v1/tokens", body, token=integrator), 403)["detail"]
+    assert detail.startswith("an integrator may not issue an integrator token here")
+    body = {"role": "tenant_admin", "tenant": "acme", "name": "x"}
+    detail = assert_problem(await gw.post("/v1/tokens", body, token=integrator), 403)["detail"]
+    assert detail.startswith("an integrator may not issue a tenant_admin token here")
 
 
 async def test_token_for_an_unknown_tenant_is_404(gw: Gateway) -> None:
@@ -577,6 +589,47 @@ async def test_notification_channel_lists_page_over_http_oldest_first(listing: G
         )
 
 
+async def test_a_channels_tenant_or_unknown_field_in_the_body_is_refused_not_ignored(
+    listing: Gateway,
+) -> None:
+    """POST /v1/tenants/acme/notification-channels with "tenant": "globex" used to add an
+    acme channel, the body's tenant silently dropped."""
+    gw = listing
+    hook = {"kind": "webhook", "url": "https://hooks.example.com/epm"}
+    for path in ("/v1/tenants/acme/notification-channels", "/v1/notification-channels"):
+        problem = assert_problem(await gw.post(path, {**hook, "tenant": "globex"}), 422)
+        assert "tenant comes from the path" in problem["detail"]
+    problem = assert_problem(
+        await gw.post("/v1/tenants/acme/notification-channels", {**hook, "colour": "red"}), 422
+    )
+    assert "colour" in problem["detail"] and "spelling" in problem["detail"]
+    email = {"kind": "email", "to": "helpdesk@example.com", "secret": "whsec_AAAA"}
+    problem = assert_problem(await gw.post("/v1/notification-channels", email), 422)
+    assert "secret is not for an email channel" in problem["detail"]
+    push = {
+        "kind": "push",
+        "subscription": {
+            "endpoint": "https://push.example.com/x",
+            "keys": {"p256dh": "k", "auth": "a"},
+        },
+        "url": "https://hooks.example.com/epm",
+    }
+    assert "url" in assert_problem(await gw.post("/v1/notification-channels", push), 422)["detail"]
+    for listed in ("acme", "globex"):  # nothing was added anywhere
+        r = await gw.get(f"/v1/tenants/{listed}/notification-channels")
+        assert r.status_code == 200 and r.json()["items"] == [], r.text
+
+    # each kind's own fields still work
+    r = await gw.post("/v1/tenants/acme/notification-channels", {**hook, "secret": WHSEC})
+    assert r.status_code == 201, r.text
+    assert r.json()["kind"] == "webhook"
+    acme = (await gw.get("/v1/tenants/acme/notification-channels")).json()["items"]
+    assert [c["id"] for c in acme] == [r.json()["id"]]
+
+
+WHSEC = "whsec_" + base64.b64encode(b"s" * 32).decode()
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -603,3 +656,76 @@ async def test_a_list_refuses_a_cursor_it_did_not_hand_out_and_a_page_above_500(
         assert problem["detail"].startswith(FOREIGN), cursor
     assert_problem(await gw.get(path, params={"limit": 501}), 422)
     assert len((await gw.get(path, params={"limit": 500})).json()["items"]) == 2
+
+
+# --- tenant walls before roles: 404 for another tenant's, 403 for a forbidden own ------
+
+
+@pytest.fixture
+async def stack(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
+    """The gateway with request-svc, approval-svc and notify-svc; tenants acme and globex."""
+    gateway_settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    services = [
+        await start_service(REQUESTS, gateway_settings),
+        await start_service(APPROVALS, gateway_settings),
+        await start_service(NOTIFY, gateway_settings),
+    ]
+    assert gateway_settings.bootstrap_token_file is not None
+    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+    try:
+        async with running_gateway(gateway_settings, admin) as gw:
+            await gw.tenant("acme")
+            await gw.tenant("globex")
+            yield gw
+    finally:
+        for service in reversed(services):
+            await service.stop()
+
+
+async def open_request(gw: Gateway, bus: Bus, tenant: str) -> str:
+    """A request from a device enrolled over HTTP, as the agent sends it: its id."""
+    device = await enroll_over_http(gw, tenant, f"pc-{tenant}")
+    subject, body, headers = device.message()
+    await bus.js.publish(subject, body, headers=headers)
+
+    async def created() -> str | None:
+        items = (await gw.get(f"/v1/tenants/{tenant}/requests")).json()["items"]
+        return str(items[0]["id"]) if items else None
+
+    found: str | None = None
+
+    async def listed() -> bool:
+        nonlocal found
+        found = await created()
+        return found is not None
+
+    await eventually(listed, 20)
+    assert found is not None
+    return found
+
+
+async def test_another_tenants_resources_are_404_and_a_forbidden_own_read_is_403(
+    stack: Gateway, bus: Bus
+) -> None:
+    """API.md: another tenant's resources answer 404, a forbidden action in one's own
+    tenant 403, for every read an acme integrator (events and audit only) may try."""
+    gw = stack
+    own, other = await open_request(gw, bus, "acme"), await open_request(gw, bus, "globex")
+    integrator = (await gw.token("integrator", "acme"))["token"]
+    reads = [
+        "/v1/tenants/{t}/devices",
+        "/v1/tenants/{t}/requests",
+        "/v1/requests?tenant={t}",
+        "/v1/requests/{r}",
+        "/v1/requests/{r}/rule-draft",
+        "/v1/tenants/{t}/rules",
+        "/v1/tenants/{t}/offline-policy",
+        "/v1/tenants/{t}/notification-channels",
+    ]
+    for path in reads:
+        theirs = await gw.get(path.format(t="globex", r=other), integrator)
+        assert_problem(theirs, 404)
+        assert "integrator" not in theirs.json()["detail"], path
+        mine = await gw.get(path.format(t="acme", r=own), integrator)
+        assert_problem(mine, 403)
+        assert "integrator" in mine.json()["detail"], path

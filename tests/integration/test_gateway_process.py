@@ -20,6 +20,7 @@ from epm_service.natsserver import free_port
 from epm_service.settings import Settings
 
 from tests.conftest import delete_streams
+from tests.integration.test_events_sse_stream import sse
 
 
 def gateway_env(settings: Settings, port: int, token_file: Path) -> dict[str, str]:
@@ -91,6 +92,33 @@ async def test_gateway_process_serves_http_and_stops_on_sigterm(
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+async def test_sigterm_ends_open_event_streams_and_the_gateway_exits_within_seconds(
+    gateway_process: tuple[subprocess.Popen[bytes], str], token_file: Path
+) -> None:
+    proc, url = gateway_process
+    token = token_file.read_text().strip()  # noqa: ASYNC240 (a small local file)
+    await wait_ready(proc, url)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        asyncio.timeout(30),
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client,
+        client.stream("GET", "/v1/events", params={"after": 0}) as r,
+    ):
+        assert r.status_code == 200, await r.aread()
+        frames = sse(r)
+        assert await anext(frames) == {"comment": "connected"}
+        async for frame in frames:  # the bootstrap token's TokenIssued: the stream is live
+            if "id" in frame:
+                break
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        rest = [frame async for frame in frames]  # the server ends the stream
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        stopped_in = time.monotonic() - signalled
+    assert {"comment": "ended: the server is stopping"} in rest
+    assert stopped_in < 5, f"the gateway took {stopped_in:.1f}s to stop"
 
 
 async def test_gateway_refuses_to_start_without_streams(

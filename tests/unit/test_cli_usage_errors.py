@@ -73,3 +73,8 @@ def test_token_revoke_help_shows_an_id_of_the_real_shape() -> None:
     out = invoke("token", "revoke", "--help").stdout
     assert "epm token revoke tok-" in out
     assert "tok_" not in out
+
+
+def test_events_tail_help_says_msp_wide_integrators_may_choose_a_tenant() -> None:
+    out = " ".join(invoke("events", "tail", "--help").stdout.split())
+    assert "One tenant, for MSP principals and MSP-wide integrators" in out

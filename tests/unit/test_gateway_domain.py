@@ -20,7 +20,7 @@ from epm_gateway.domain import (
     token_scope_problem,
     validate_new_tenant_id,
 )
-from epm_service.principal import ROLES, Principal, Role
+from epm_service.principal import ROLES, Principal, Role, a_role
 
 MSP_ADMIN = Principal("tok-1", "ops", "msp_admin", None)
 MSP_TECH = Principal("tok-2", "tech", "msp_technician", None)
@@ -166,3 +166,17 @@ def test_bad_tenant_ids_are_refused_with_the_rule(bad: str) -> None:
 def test_msp_wide_tokens_live_under_the_global_tenant() -> None:
     assert event_tenant(None) == GLOBAL_TENANT
     assert event_tenant("acme") == "acme"
+
+
+@pytest.mark.parametrize(
+    ("role", "said"),
+    [
+        ("integrator", "an integrator"),
+        ("msp_admin", "an msp_admin"),
+        ("msp_technician", "an msp_technician"),
+        ("tenant_admin", "a tenant_admin"),
+        ("tenant_technician", "a tenant_technician"),
+    ],
+)
+def test_roles_in_messages_take_the_article_their_sound_needs(role: str, said: str) -> None:
+    assert a_role(role) == said

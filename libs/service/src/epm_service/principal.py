@@ -43,4 +43,9 @@ class Principal:
         return cls(token_id=d["token_id"], name=d["name"], role=d["role"], tenant=d.get("tenant"))
 
 
+def a_role(role: str) -> str:
+    """The role with its article, for messages: "a tenant_admin", "an integrator", "an msp_admin"."""
+    return f"{'an' if role[:1] in 'aeiou' or role.startswith('msp') else 'a'} {role}"
+
+
 SYSTEM = Principal(token_id="system", name="system", role="msp_admin", tenant=None)

@@ -86,8 +86,8 @@ class RuleAdmin:
         self.a = approval
 
     async def list_rules(self, args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        tenant = self._tenant_arg(args, principal)  # another tenant: 404 before the role's 403
         access.require_rule_reader(principal)
-        tenant = self._tenant_arg(args, principal)
         limit = min(integer(args, "limit", default=PAGE, low=1), MAX_PAGE)
         after = integer(args, "cursor", default=0)
         rows, next_cursor = await self.a.view.read(lambda c: list_rules(c, tenant, after, limit))

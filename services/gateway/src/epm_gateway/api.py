@@ -142,6 +142,22 @@ async def authenticate(
     return principal
 
 
+async def still_authenticated(request: Request, principal: Principal) -> bool:
+    """Whether the request's credentials still stand for ``principal``, by the check every
+    request gets (``authenticate``: the token revoked, on any replica; a console session
+    signed out or expired). A long answer (the event stream) asks again as it goes, so
+    revoking a token ends it too. Fails closed: if it cannot be confirmed, False."""
+    try:
+        again = await authenticate(request, await bearer(request))
+    except Exception as exc:  # Unauthorized; Unavailable (NATS cannot say); anything else
+        log.info(
+            "credentials no longer valid",
+            extra={"token_id": principal.token_id, "reason": type(exc).__name__},
+        )
+        return False
+    return again.token_id == principal.token_id
+
+
 Caller = Annotated[Principal, Depends(authenticate)]
 Service = Annotated[RunningService, Depends(running)]
 

@@ -8,6 +8,10 @@ Handler table:
 - commands: epm_gateway.commands.COMMANDS (create_tenant, issue_token, revoke_token)
 - on start: the bootstrap msp_admin token (EPM_BOOTSTRAP_TOKEN_FILE)
 - HTTP routes: epm_gateway.api.create_app
+
+On SIGTERM/SIGINT the open event streams (SSE) end first, then uvicorn finishes
+the answers in flight for at most ``SHUTDOWN_GRACE_SECONDS`` and cancels what is
+left; a second signal stops at once.
 """
 
 from __future__ import annotations
@@ -42,10 +46,15 @@ from epm_gateway.api import create_app
 from epm_gateway.bootstrap import ensure_bootstrap_admin
 from epm_gateway.commands import command_handlers
 from epm_gateway.directory import Directory
+from epm_gateway.events_stream import end_event_streams
 
 NAME = "gateway"
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10
+"""How long a stopping gateway lets answers in flight finish before it cancels them
+(well inside the pod's terminationGracePeriodSeconds, 30)."""
 
 DEFINITION = ServiceDefinition(
     name=NAME,
@@ -72,13 +81,15 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then stop HTTP first and the service runtime after it."""
     https = https_files(settings)  # before anything starts: a bad file is a clear error
     service = await start_gateway(settings)
+    app = create_app(service)
     config = uvicorn.Config(
-        create_app(service),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         ssl_certfile=https[0] if https else None,
         ssl_keyfile=https[1] if https else None,
     )
@@ -93,7 +104,14 @@ async def serve(settings: Settings) -> None:
         )
 
     def stop() -> None:
-        log.info("stopping")
+        if server.should_exit:  # a second signal: do not wait any longer
+            log.info("stopping now")
+            server.force_exit = True
+            return
+        # SSE clients never go by themselves: end their streams, or uvicorn would wait
+        # for them ("waiting for connections to close") and the process would not exit.
+        streams = end_event_streams(app)
+        log.info("stopping", extra={"event_streams_ended": streams})
         server.should_exit = True
 
     loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from epm_events.catalog import TenantCreated, TokenIssued, TokenRevoked
 from epm_events.ids import new_id, validate_tenant, validate_token
 from epm_events.streams import EVENTS
 from epm_service.errors import CommandError, Conflict, Forbidden, Invalid, NotFound, Unavailable
-from epm_service.principal import Principal, Role
+from epm_service.principal import Principal, Role, a_role
 from epm_service.projection import Projector
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import CommandHandler, call
@@ -141,7 +141,8 @@ async def issue_token(
     enforce(
         authorize_issue(principal, cmd.role, tenant),
         forbidden=(
-            f"a {principal.role} may not issue a {cmd.role} token here: a tenant_admin issues"
+            f"{a_role(principal.role)} may not issue {a_role(cmd.role)} token here: a tenant_admin"
+            " issues"
             " tenant_admin, tenant_technician and integrator tokens of its own tenant;"
             " an msp_admin issues any token"
         ),
@@ -201,7 +202,7 @@ async def revoke_token(
         raise NotFound(missing)
     enforce(
         authorize_revoke(principal, record.id, record.tenant),
-        forbidden=f"a {principal.role} may not revoke other tokens; ask a tenant_admin",
+        forbidden=f"{a_role(principal.role)} may not revoke other tokens; ask a tenant_admin",
         hidden=missing,
     )
     for _ in range(3):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from epm_gateway.api import Caller, Service
 from epm_gateway.elevation import PageCursor, PageLimit, forward, page
@@ -16,16 +16,34 @@ router = APIRouter(tags=["notifications"])
 
 
 class PushKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     p256dh: str
     auth: str
 
 
 class PushSubscription(BaseModel):
+    """A browser's ``PushSubscription.toJSON()``, as it comes."""
+
+    model_config = ConfigDict(extra="forbid")
+
     endpoint: str
     keys: PushKeys
+    expirationTime: float | None = Field(  # the browser's name
+        default=None, description="the browser's, if any (not kept)", exclude=True
+    )
+
+
+KIND_FIELDS = {"webhook": ("url", "secret"), "email": ("to",), "push": ("subscription",)}
+"""The fields each kind of channel takes, besides ``kind``."""
 
 
 class ChannelIn(BaseModel):
+    """A channel: a field it does not know, or one of another kind, is refused (422), not
+    ignored; its tenant comes from the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
     kind: Literal["webhook", "email", "push"]
     url: str | None = Field(default=None, description="webhook: where to POST")
     secret: str | None = Field(
@@ -35,6 +53,36 @@ class ChannelIn(BaseModel):
     subscription: PushSubscription | None = Field(
         default=None, description="push: PushSubscription"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenant_from_the_path(cls, data: Any) -> Any:
+        """A tenant in the body would be ignored: the channel would go where the path says."""
+        if isinstance(data, dict) and "tenant" in data:
+            raise ValueError(
+                "a channel's tenant comes from the path: POST"
+                " /v1/tenants/{tenant}/notification-channels for a tenant's channel,"
+                " POST /v1/notification-channels for an MSP-wide one; leave 'tenant' out"
+                " of the body"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> ChannelIn:
+        others = [
+            name
+            for kind, names in KIND_FIELDS.items()
+            if kind != self.kind
+            for name in names
+            if getattr(self, name) is not None
+        ]
+        if others:
+            takes = "; ".join(f"{k}: {', '.join(v)}" for k, v in KIND_FIELDS.items())
+            raise ValueError(
+                f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not for"
+                f" {'an' if self.kind == 'email' else 'a'} {self.kind} channel ({takes})"
+            )
+        return self
 
 
 def _args(body: ChannelIn, tenant: str | None) -> dict[str, Any]:

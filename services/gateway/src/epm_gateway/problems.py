@@ -92,6 +92,8 @@ async def on_invalid_id(request: Request, exc: Exception) -> Response:
 
 
 def _message(error: Any) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "not a field of this body: check its spelling, or leave it out"
     msg = str(error.get("msg", "invalid"))
     return msg.removeprefix("Value error, ")
 

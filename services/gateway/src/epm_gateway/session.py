@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from epm_gateway.api import directory_of, running
 from epm_gateway.directory import principal_by_hash, read_caught_up, token_by_id
 from epm_gateway.domain import hash_token, looks_like_token
+from epm_gateway.hardening import revoked_in_stream
 from epm_gateway.problems import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,12 @@ async def _live_principal(request: Request, token_id: str) -> Principal | None:
     token = await read_caught_up(
         directory_of(service), service.ctx.bus.js, lambda c: token_by_id(c, token_id)
     )
-    return None if token is None or token.revoked else token.principal()
+    if token is None or token.revoked:
+        return None
+    principal = token.principal()
+    if await revoked_in_stream(service.ctx.bus.js, principal):
+        return None  # revoked on another replica, not yet in our projection
+    return principal
 
 
 # --- routes ---------------------------------------------------------------------------

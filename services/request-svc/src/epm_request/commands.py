@@ -20,7 +20,7 @@ from epm_events.ids import validate_tenant
 from epm_events.subjects import device_inbox_prefix
 from epm_service.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from epm_service.paging import decode_cursor, encode_cursor, page_limit
-from epm_service.principal import SYSTEM, Principal
+from epm_service.principal import SYSTEM, Principal, a_role
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import call
 from epm_service.runtime import ServiceContext
@@ -253,12 +253,13 @@ class RequestCommands:
     # --- requests ----------------------------------------------------------------
 
     async def list_requests(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
-        if p.role not in REQUEST_READERS:
-            raise Forbidden(f"{p.role} may not list requests")
+        # Another tenant is 404 (whatever the role), then a role that may not read is 403.
         tenant = args.get("tenant")
         if tenant is not None:
             tenant = await self._visible_tenant(p, str(tenant))
-        elif not p.is_msp:
+        if p.role not in REQUEST_READERS:
+            raise Forbidden(f"{a_role(p.role)} may not list requests")
+        if tenant is None and not p.is_msp:
             tenant = p.tenant  # a tenant's principal sees its own tenant only
         status = str(args.get("status") or "open")
         if status not in ("open", "approved", "denied", "expired", "all"):
@@ -283,7 +284,9 @@ class RequestCommands:
         if row is None:
             raise NotFound(f"request {request_id!r} not found")
         view = store.request_view(row[0])
-        if not p.sees_tenant(view["tenant"]) or p.role not in REQUEST_READERS:
+        if not p.sees_tenant(view["tenant"]):  # another tenant's: as if it did not exist
             raise NotFound(f"request {request_id!r} not found")
+        if p.role not in REQUEST_READERS:
+            raise Forbidden(f"{a_role(p.role)} may not read requests")
         view["history"] = await self.store.read(lambda c: store.get_history(c, request_id))
         return view

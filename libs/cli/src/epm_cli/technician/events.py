@@ -89,7 +89,12 @@ def tail(
 
 def tail_command(
     tenant: Annotated[
-        str | None, typer.Option("--tenant", help="One tenant (MSP principals; default: all).")
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="One tenant, for MSP principals and MSP-wide integrators (default: every"
+            " tenant; a tenant's own tokens read their tenant).",
+        ),
     ] = None,
     after: Annotated[
         int | None,
