@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats.js.errors
 import orjson
 import pytest
 from epm_approval.app import DEFINITION as APPROVAL
@@ -25,7 +26,7 @@ from epm_domain.sealed import open_sealed, reply_context
 from epm_events.agent import SIGNATURE_HEADER, signing_bytes
 from epm_events.codec import decode
 from epm_events.streams import EVENTS
-from epm_events.subjects import device_rpc_subject
+from epm_events.subjects import device_inbox_prefix, device_rpc_subject
 from epm_service.bus import Bus
 from epm_service.principal import Principal
 from epm_service.rpc import call
@@ -318,8 +319,35 @@ async def self_generate(
     headers = {"Nats-Msg-Id": msg_id}
     if sign:
         headers[SIGNATURE_HEADER] = base64.b64encode(signature).decode()
-    reply = await bus.nc.request(subject, payload, headers=headers, timeout=10)
+    # answered only under the device's own inbox, as an agent connects
+    inbox = f"{device_inbox_prefix(device.tenant, device.device_id)}.{uuid.uuid4().hex}"
+    sub = await bus.nc.subscribe(inbox, max_msgs=1)
+    await bus.nc.publish(subject, payload, reply=inbox, headers=headers)
+    reply = await sub.next_msg(timeout=10)
     return msg_id, orjson.loads(reply.data)
+
+
+async def test_a_device_command_answers_only_under_the_devices_own_inbox(
+    bus: Bus, services: Any
+) -> None:
+    """approval-svc may publish where a device may not: a reply subject the device chose
+    elsewhere (an event subject, another device's inbox) gets no answer, and nothing is
+    written there."""
+    device = await enroll(bus)
+    subject = device_rpc_subject(device.tenant, device.device_id, "self_generate_code")
+    forged = "epm.evt.acme.request.req-forged.Approved"
+    other = f"{device_inbox_prefix(device.tenant, 'd-other')}.x"
+    subs = [await bus.nc.subscribe(s) for s in (forged, other)]
+    for reply in (forged, other):
+        msg_id = str(uuid.uuid4())
+        payload = orjson.dumps({"purpose": "app", "issued_at": datetime.now(UTC).isoformat()})
+        signature = device.signing_key.sign(signing_bytes(subject, msg_id, payload))
+        headers = {"Nats-Msg-Id": msg_id, SIGNATURE_HEADER: base64.b64encode(signature).decode()}
+        await bus.nc.publish(subject, payload, reply=reply, headers=headers)
+    await asyncio.sleep(1)
+    assert [s.pending_msgs for s in subs] == [0, 0]
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bus.js.get_last_msg("EPM_EVENTS", forged)
 
 
 async def test_a_device_generates_its_own_code_only_where_the_policy_allows(

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from epm_domain.sealed import parse_public_key, reply_context, seal
 from epm_events.agent import SIGNATURE_HEADER, signing_bytes
 from epm_events.ids import InvalidId, validate_token
-from epm_events.subjects import device_rpc_filter, parse_device_rpc_subject
+from epm_events.subjects import device_inbox_prefix, device_rpc_filter, parse_device_rpc_subject
 from epm_service.errors import CommandError, Forbidden, Invalid, NotFound
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -78,6 +78,18 @@ class DeviceCommandServer:
     async def _handle(self, msg: Msg) -> None:
         try:
             where = parse_device_rpc_subject(msg.subject)
+        except InvalidId:
+            return  # not a device's subject: no one to answer
+        if not msg.reply.startswith(device_inbox_prefix(where.tenant, where.device) + "."):
+            # Answered only under the device's own inbox: approval-svc may publish where a
+            # device may not (epm.evt.*), so a reply subject the device chose elsewhere
+            # would have it write there for the device.
+            log.warning(
+                "device command with a reply subject outside the device's inbox ignored",
+                extra={"tenant": where.tenant, "device_id": where.device, "reply": msg.reply},
+            )
+            return
+        try:
             handler = self.handlers[where.command]
             device, msg_id, body = await self._authenticate(msg, where.tenant, where.device)
             reply: dict[str, Any] = {
