@@ -26,7 +26,7 @@ from epm_request.app import DEFINITION as REQUESTS
 from epm_service.bus import Bus
 from epm_service.principal import SYSTEM
 from epm_service.rpc import call
-from epm_service.runtime import RunningService, start_service
+from epm_service.runtime import RunningService, ServiceDefinition, start_service
 from epm_service.settings import Settings
 
 from tests.conftest import delete_streams
@@ -463,24 +463,30 @@ async def test_a_misspelt_decision_field_is_refused_not_ignored(gw: Gateway) -> 
 FOREIGN = "cursor is not one this API handed out: use next_cursor from the previous page"
 
 
-@pytest.fixture
-async def listing(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
-    """The gateway with request-svc and notify-svc, and the tenants acme and globex."""
-    gateway_settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    services = [
-        await start_service(REQUESTS, gateway_settings),
-        await start_service(NOTIFY, gateway_settings),
-    ]
-    assert gateway_settings.bootstrap_token_file is not None
-    admin = gateway_settings.bootstrap_token_file.read_text().strip()
+@contextlib.asynccontextmanager
+async def gateway_with(
+    settings: Settings, *definitions: ServiceDefinition
+) -> AsyncIterator[Gateway]:
+    """The gateway with these services running, and the tenants acme and globex."""
+    settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    services = [await start_service(d, settings) for d in definitions]
+    assert settings.bootstrap_token_file is not None
+    admin = settings.bootstrap_token_file.read_text().strip()
     try:
-        async with running_gateway(gateway_settings, admin) as gw:
+        async with running_gateway(settings, admin) as gw:
             await gw.tenant("acme")
             await gw.tenant("globex")
             yield gw
     finally:
         for service in reversed(services):
             await service.stop()
+
+
+@pytest.fixture
+async def listing(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
+    """The gateway with request-svc and notify-svc, and the tenants acme and globex."""
+    async with gateway_with(gateway_settings, REQUESTS, NOTIFY) as gw:
+        yield gw
 
 
 async def pages(
@@ -664,22 +670,8 @@ async def test_a_list_refuses_a_cursor_it_did_not_hand_out_and_a_page_above_500(
 @pytest.fixture
 async def stack(bus: Bus, gateway_settings: Settings) -> AsyncIterator[Gateway]:
     """The gateway with request-svc, approval-svc and notify-svc; tenants acme and globex."""
-    gateway_settings.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    services = [
-        await start_service(REQUESTS, gateway_settings),
-        await start_service(APPROVALS, gateway_settings),
-        await start_service(NOTIFY, gateway_settings),
-    ]
-    assert gateway_settings.bootstrap_token_file is not None
-    admin = gateway_settings.bootstrap_token_file.read_text().strip()
-    try:
-        async with running_gateway(gateway_settings, admin) as gw:
-            await gw.tenant("acme")
-            await gw.tenant("globex")
-            yield gw
-    finally:
-        for service in reversed(services):
-            await service.stop()
+    async with gateway_with(gateway_settings, REQUESTS, APPROVALS, NOTIFY) as gw:
+        yield gw
 
 
 async def open_request(gw: Gateway, bus: Bus, tenant: str) -> str:
