@@ -21,7 +21,7 @@ from epm_service.natsauth import read_creds, write_private
 from epm_service.runtime import RunningService, start_service
 from epm_service.settings import Settings
 from nats.aio.client import Client, RawCredentials
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.certificates import issue_tls_files
 from tests.conftest import AuthNats
@@ -95,6 +95,42 @@ async def test_an_integrator_gets_creds_that_read_its_tenant_only(gateway: Gatew
         while not any("permissions violation" in e for e in errors):
             assert time.monotonic() < deadline, errors
             await nc.flush()
+    finally:
+        await nc.close()
+
+
+async def test_the_readmes_nats_py_recipe_resumes_after_the_last_sequence_read(
+    gateway: Gateway,
+) -> None:
+    """README.md, "Integrators": an ordered consumer with a name, started after the last
+    stream sequence the integrator kept (acme has its TenantCreated and TokenIssued)."""
+    token = (await gateway.token("integrator", "acme"))["token"]
+    a = (await gateway.get("/v1/integrations/nats", token)).json()
+    nc = await nats.connect(
+        a["url"], user_credentials=RawCredentials(a["creds"]), inbox_prefix=a["inbox_prefix"]
+    )
+
+    async def first_after(last_seq: int, name: str) -> int:
+        feed = await nc.jetstream().subscribe(
+            a["subjects"][0],
+            stream=a["stream"],
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=last_seq + 1,
+            ),
+        )
+        try:
+            msg = await feed.next_msg(timeout=5)
+            assert msg.subject.startswith("epm.evt.acme.")
+            return int(msg.metadata.sequence.stream)
+        finally:
+            await feed.unsubscribe()
+
+    try:
+        kept = await first_after(0, "siem-feed")
+        assert await first_after(kept, "siem-feed-again") > kept
     finally:
         await nc.close()
 
