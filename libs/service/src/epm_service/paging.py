@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,6 +27,8 @@ FOREIGN_CURSOR = (
 
 Key = tuple[str | int, ...]
 _SQLITE_INT = range(-(2**63), 2**63)
+
+T = TypeVar("T")
 
 
 def page_limit(
@@ -77,3 +79,23 @@ def _fits(value: object, wanted: type[str] | type[int]) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def start_after(
+    kind: str, args: Mapping[str, Any], shape: Sequence[type[str] | type[int]]
+) -> Key | None:
+    """Where a page of list ``kind`` starts: after the key in ``args["cursor"]``, or at the
+    beginning (None) when there is no cursor or an empty one."""
+    cursor = args.get("cursor")
+    if cursor is None or cursor == "":
+        return None
+    return decode_cursor(kind, cursor, shape)
+
+
+def next_page(
+    kind: str, rows: Sequence[T], limit: int, key_of: Callable[[T], Sequence[str | int]]
+) -> dict[str, str]:
+    """``{"next_cursor": ...}`` after a full page (there may be more), else ``{}``."""
+    if len(rows) < limit or not rows:
+        return {}
+    return {"next_cursor": encode_cursor(kind, key_of(rows[-1]))}

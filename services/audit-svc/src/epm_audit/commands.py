@@ -18,6 +18,7 @@ import orjson
 from epm_events.catalog import EVENT_TYPES
 from epm_events.ids import GLOBAL_TENANT, validate_tenant
 from epm_service.errors import Invalid, NotFound
+from epm_service.paging import FOREIGN_CURSOR
 from epm_service.principal import Principal
 from epm_service.projection import Projector
 from epm_service.tenants import tenant_exists
@@ -86,10 +87,7 @@ def decode_cursor(cursor: str) -> int:
                 return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise Invalid(
-        "cursor is not one this API handed out: use next_cursor from the previous page,"
-        " or leave it out to start from the beginning"
-    )
+    raise Invalid(FOREIGN_CURSOR)
 
 
 def check_type(name: str | None) -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from epm_events.asyncapi import asyncapi_document
 from epm_events.streams import ALL_STREAMS
 from epm_service.errors import Forbidden, Invalid, NotFound
+from epm_service.paging import FOREIGN_CURSOR
 from epm_service.principal import Principal, Role
 from epm_service.projection import Projector
 from epm_service.rpc import call
@@ -185,10 +186,7 @@ def decode_cursor(cursor: str) -> str:
     except (ValueError, UnicodeDecodeError):  # binascii.Error, or not even ASCII
         text = ""
     if not text.startswith(CURSOR_PREFIX):
-        raise Invalid(
-            "cursor is not one this API handed out: use next_cursor from the previous page,"
-            " or leave it out to start from the beginning"
-        )
+        raise Invalid(FOREIGN_CURSOR)
     return text.removeprefix(CURSOR_PREFIX)
 
 

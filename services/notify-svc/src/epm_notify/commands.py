@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from epm_events.catalog import NotificationChannelAdded, NotificationChannelRemoved
 from epm_events.ids import new_id, validate_tenant
 from epm_service.errors import NotFound
-from epm_service.paging import decode_cursor, encode_cursor, page_limit
+from epm_service.paging import next_page, page_limit, start_after
 from epm_service.principal import Principal
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import CommandHandler
@@ -83,16 +83,13 @@ class NotifyCommands:
     async def list_channels(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         scope = await self._scope(args, p)
         limit = page_limit(args)
-        cursor = args.get("cursor")
-        after = None
-        if cursor not in (None, ""):  # absent or empty: from the beginning
-            added_at, channel_id = decode_cursor(CHANNEL_CURSOR, cursor, (str, str))
-            after = (str(added_at), str(channel_id))
+        # decode_cursor checked the key's shape: (str, str) is a ChannelKey
+        after = cast("store.ChannelKey | None", start_after(CHANNEL_CURSOR, args, (str, str)))
         channels = await self.store.read(lambda c: store.list_channels(c, scope, after, limit))
-        out: dict[str, Any] = {"items": [ch.view() for ch in channels]}
-        if len(channels) == limit:
-            out["next_cursor"] = encode_cursor(CHANNEL_CURSOR, store.channel_key(channels[-1]))
-        return out
+        return {
+            "items": [ch.view() for ch in channels],
+            **next_page(CHANNEL_CURSOR, channels, limit, store.channel_key),
+        }
 
     async def remove_channel(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         channel_id = str(args.get("channel_id") or "")

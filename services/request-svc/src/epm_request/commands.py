@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from epm_domain.sealed import SealedError
 from epm_domain.sealed import parse_public_key as parse_encryption_key
@@ -19,7 +19,7 @@ from epm_events.catalog import (
 from epm_events.ids import validate_tenant
 from epm_events.subjects import device_inbox_prefix
 from epm_service.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from epm_service.paging import decode_cursor, encode_cursor, page_limit
+from epm_service.paging import FOREIGN_CURSOR, next_page, page_limit, start_after
 from epm_service.principal import SYSTEM, Principal, a_role
 from epm_service.publisher import ConcurrencyConflict
 from epm_service.rpc import call
@@ -185,22 +185,16 @@ class RequestCommands:
             raise Forbidden("integrators may read events and audit only")
         offline_open = bool(args.get("offline_open"))
         limit = page_limit(args)
-        cursor = args.get("cursor")
-        after = None
-        if cursor not in (None, ""):  # absent or empty: from the beginning
-            closed, revoked, hostname, device_id = decode_cursor(
-                DEVICE_CURSOR, cursor, (int, int, str, str)
-            )
-            after = (int(closed), int(revoked), str(hostname), str(device_id))
+        # decode_cursor checked the key's shape: (int, int, str, str) is a DeviceSortKey
+        after = cast(
+            "store.DeviceSortKey | None", start_after(DEVICE_CURSOR, args, (int, int, str, str))
+        )
         items = await self.store.read(
             lambda c: store.list_devices(
                 c, tenant, offline_open=offline_open, after=after, limit=limit
             )
         )
-        out: dict[str, Any] = {"items": items}
-        if len(items) == limit:
-            out["next_cursor"] = encode_cursor(DEVICE_CURSOR, store.device_key(items[-1]))
-        return out
+        return {"items": items, **next_page(DEVICE_CURSOR, items, limit, store.device_key)}
 
     async def revoke_device(self, args: dict[str, Any], p: Principal) -> dict[str, Any]:
         tenant = await self._visible_tenant(p, str(args.get("tenant", "")))
@@ -268,10 +262,7 @@ class RequestCommands:
             limit = max(1, min(int(args.get("limit") or 100), MAX_PAGE))
             after = int(args.get("cursor") or 0)
         except ValueError:
-            raise Invalid(
-                "cursor is not one this API handed out: use next_cursor from the previous page,"
-                " or leave it out to start from the beginning"
-            ) from None
+            raise Invalid(FOREIGN_CURSOR) from None
         rows = await self.store.read(lambda c: store.list_requests(c, tenant, status, after, limit))
         out: dict[str, Any] = {"items": [store.request_view(state) for _, state in rows]}
         if len(rows) == limit:
