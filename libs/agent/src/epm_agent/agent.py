@@ -355,7 +355,7 @@ class Agent:
             # The user elevates on this answer: the once-approval is used here, and the
             # grant it issued must not answer the user's next request too.
             state.mark_used(local.request_id)
-            await self._report_quietly(identity)
+            await self._report_uses_quietly(identity)
         return RequestOutcome(local.request_id, local.status, local.decided_by)
 
     async def _publish(self, bus: Bus, message: SignedMessage, identity: Identity) -> None:
@@ -669,12 +669,13 @@ class Agent:
             await self.upload(bus, identity)
             await self.report_uses(bus, identity)
 
-    async def _report_quietly(self, identity: Identity) -> None:
-        """``_upload_quietly`` on the connection there is, or a new one; offline: later."""
+    async def _report_uses_quietly(self, identity: Identity) -> None:
+        """``report_uses`` on the connection there is, or a new one; offline or failing: at
+        the next contact."""
         with contextlib.suppress(AgentError):
             bus = await self._connect(identity)
             if bus is not None:
-                await self._upload_quietly(bus, identity)
+                await self.report_uses(bus, identity)
 
     async def sync_device_channel(self, timeout: float = 10.0) -> list[DeviceUpdate]:
         """Apply every decision sent to this device since the last read."""
