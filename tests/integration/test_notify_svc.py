@@ -44,6 +44,8 @@ from epm_service.settings import Settings
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 from standardwebhooks import Webhook
 
+from tests.integration.test_request_svc import command_pages
+
 ADMIN = Principal(token_id="t0", name="root", role="msp_admin", tenant=None)
 ACME_ADMIN = Principal(token_id="t1", name="ann", role="tenant_admin", tenant="acme")
 ACME_TECH = Principal(token_id="t2", name="tom", role="tenant_technician", tenant="acme")
@@ -304,18 +306,8 @@ async def test_channels_of_another_tenant_are_not_found_and_non_admins_are_forbi
 async def channel_pages(
     bus: Bus, args: dict[str, Any], who: Principal
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every page of ``list_channels``, following next_cursor: the channels and page sizes."""
-    seen: list[dict[str, Any]] = []
-    sizes: list[int] = []
-    cursor: str | None = None
-    for _ in range(50):
-        page = await call(bus.nc, SVC, "list_channels", {**args, "cursor": cursor}, who)
-        seen += page["items"]
-        sizes.append(len(page["items"]))
-        cursor = page.get("next_cursor")
-        if cursor is None:
-            return seen, sizes
-    raise AssertionError("no last page after 50 pages")
+    """Every page of ``list_channels``: the channels and page sizes."""
+    return await command_pages(bus, SVC, "list_channels", args, who)
 
 
 async def test_channel_pages_cover_every_channel_once_oldest_first(

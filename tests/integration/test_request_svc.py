@@ -355,21 +355,29 @@ async def test_readiness_counts_the_intakes_own_connection(
 FOREIGN = "cursor is not one this API handed out: use next_cursor from the previous page"
 
 
-async def device_pages(
-    bus: Bus, args: dict[str, Any], who: Principal = ADMIN
+async def command_pages(
+    bus: Bus, service: str, command: str, args: dict[str, Any], who: Principal
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every page of ``list_devices``, following next_cursor: the devices and page sizes."""
+    """Every page of a service's list command, following next_cursor: the items and the
+    page sizes."""
     seen: list[dict[str, Any]] = []
     sizes: list[int] = []
     cursor: str | None = None
     for _ in range(50):
-        page = await call(bus.nc, "request-svc", "list_devices", {**args, "cursor": cursor}, who)
+        page = await call(bus.nc, service, command, {**args, "cursor": cursor}, who)
         seen += page["items"]
         sizes.append(len(page["items"]))
         cursor = page.get("next_cursor")
         if cursor is None:
             return seen, sizes
     raise AssertionError("no last page after 50 pages")
+
+
+async def device_pages(
+    bus: Bus, args: dict[str, Any], who: Principal = ADMIN
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every page of ``list_devices``: the devices and page sizes."""
+    return await command_pages(bus, "request-svc", "list_devices", args, who)
 
 
 async def help_desk_fleet(bus: Bus) -> dict[str, Device]:
