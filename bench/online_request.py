@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import secrets
 import statistics
@@ -19,8 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,7 +31,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from epm_events.agent import REPLY_HEADER, SIGNATURE_HEADER, signing_bytes
 from epm_events.catalog import TenantCreated
 from epm_events.envelope import agent_source
-from epm_events.subjects import agent_subject, device_inbox_prefix
+from epm_events.ids import request_id_for
+from epm_events.streams import AGENT, EVENTS
+from epm_events.subjects import agent_subject, device_inbox_prefix, event_subject
 from epm_service.bus import Bus
 from epm_service.errors import CommandError
 from epm_service.natsfast import core_callback, write_now
@@ -36,6 +41,7 @@ from epm_service.principal import SYSTEM
 from epm_service.processes import descendants
 from epm_service.publisher import ConcurrencyConflict, EventPublisher, hpub
 from epm_service.rpc import call
+from nats.aio.msg import Msg
 
 from bench.results import Row
 
@@ -165,6 +171,7 @@ async def online_request(
     ceiling_p99_us: float | None = None,
     server_pid: int | None = None,
     repeats: int = 3,
+    segments: bool = False,
 ) -> list[Row]:
     procs = start_services(bus.nc.connected_url.geturl() if bus.nc.connected_url else "", workdir)
     try:
@@ -218,6 +225,8 @@ async def online_request(
         nc = bus.nc
         sent: dict[str, float] = {}  # reply subject -> when its request was written
         answered: list[tuple[float, bytes]] = []
+        # --segments: reply subject -> (msg id, wall clock ns sent, wall clock ns answered)
+        walls: dict[str, list[Any]] = {}
         all_answered = asyncio.Event()
         expected = 0
 
@@ -226,6 +235,8 @@ async def online_request(
             if started is None:
                 return
             answered.append((time.perf_counter() - started, data))
+            if segments:
+                walls[subject].append(time.time_ns())
             if len(answered) >= expected:
                 all_answered.set()
 
@@ -248,6 +259,8 @@ async def online_request(
         async def send(message: tuple[str, str, bytes, dict[str, str], bytes | None]) -> None:
             reply, subject, body, headers, command = message
             sent[reply] = time.perf_counter()
+            if segments:
+                walls[reply] = [headers["Nats-Msg-Id"], time.time_ns()]
             if command is None or not write_now(nc, command):
                 await nc.publish(subject, body, headers=headers)
 
@@ -297,6 +310,8 @@ async def online_request(
         # Like every other row, the best of the repeats: on this shared machine a run
         # mostly measures its neighbours (all runs' p99 are in the unit).
         runs = [await timed(k * count) for k in range(repeats)]
+        if segments:
+            await print_segments(bus, walls)
     finally:
         stop_services(procs)
     best = min(runs, key=lambda r: r.p99)
@@ -332,6 +347,50 @@ async def online_request(
     ]
 
 
+async def print_segments(bus: Bus, walls: dict[str, list[Any]]) -> None:
+    """Where each answered request's time went, from the streams' own timestamps (one
+    clock: every process is on this machine): the device's message stored in EPM_AGENT,
+    RequestCreated and Approved stored in EPM_EVENTS, and the answer read here."""
+    stored: dict[str, int] = {}  # msg id or event subject -> stored at, ns
+
+    async def collect(stream: str, key: Callable[[Msg], str]) -> None:
+        last = (await bus.js.stream_info(stream)).state.last_seq
+        done = asyncio.Event()
+
+        async def on(msg: Msg) -> None:
+            meta = msg.metadata
+            stored[key(msg)] = int(meta.timestamp.timestamp() * 1e9)
+            if meta.sequence.stream >= last:
+                done.set()
+
+        sub = await bus.js.subscribe(">", stream=stream, cb=on, ordered_consumer=True)
+        async with asyncio.timeout(120):
+            await done.wait()
+        await sub.unsubscribe()
+
+    await collect(AGENT.name, lambda m: (m.headers or {}).get("Nats-Msg-Id", ""))
+    await collect(EVENTS.name, lambda m: m.subject)
+    parts: dict[str, list[float]] = {k: [] for k in ("agent", "intake", "decide", "answer")}
+    for msg_id, sent_ns, *answered_ns in walls.values():
+        request = request_id_for(msg_id)
+        at = [
+            stored.get(msg_id),
+            stored.get(event_subject(TENANT, "request", request, "RequestCreated")),
+            stored.get(event_subject(TENANT, "request", request, "Approved")),
+        ]
+        if not answered_ns or None in at:
+            continue
+        points = [sent_ns, *at, answered_ns[0]]
+        for name, (a, b) in zip(parts, itertools.pairwise(points), strict=True):
+            parts[name].append((b - a) / 1e6)
+    print(f"segment  p50 ms  p99 ms  max ms   (requests: {len(parts['agent'])})")
+    for name, values in parts.items():
+        values.sort()
+        if values:
+            q = values[int(0.99 * (len(values) - 1))]
+            print(f"{name:8} {statistics.median(values):6.2f}  {q:6.2f}  {values[-1]:6.2f}")
+
+
 async def _standalone(quick: bool) -> list[Row]:
     import tempfile
 
@@ -360,6 +419,7 @@ async def _standalone(quick: bool) -> list[Row]:
                     1_000 if quick else 5_000,
                     ceiling_p99_us=p99.value,
                     server_pid=server.proc.pid if server.proc else None,
+                    segments="--segments" in sys.argv,
                 ),
             ]
         finally:

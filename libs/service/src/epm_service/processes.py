@@ -28,6 +28,7 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from epm_service.natsserver import end_with_parent
@@ -39,6 +40,9 @@ T = TypeVar("T")
 REPLACE_WAIT_SECONDS = 5.0
 """How long a job waits for a worker being replaced when no other runs (a spawn starts in
 milliseconds; its imports happen while the job waits on its socket)."""
+
+FORKSERVER_PRELOAD = ["epm_service.projection_process", "epm_service.runtime", "epm_service.outbox"]
+"""What the fork server imports once for the children it forks (``spawn_child``)."""
 
 _SIZE = struct.Struct("!i")  # multiprocessing.connection's framing of a message up to 2 GiB
 
@@ -60,6 +64,55 @@ def descendants(pid: int) -> list[int]:
         for kid in kids:
             found += [kid, *descendants(kid)]
     return found
+
+
+async def spawn_child(
+    name: str, target: Callable[..., None], args: tuple[Any, ...], *, forked: bool = False
+) -> tuple[BaseProcess, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A new Python process running ``target(connection, *args)`` (a module-level function;
+    ``connection``: its end of a socket pair, a ``multiprocessing.connection.Connection``),
+    and this end as asyncio streams, framed as ``write_frame``/``read_frame`` (and
+    ``Connection.send_bytes``/``recv_bytes``) frame.
+
+    ``forked``: forked from multiprocessing's fork server (one per process, started at the
+    first such child, with ``FORKSERVER_PRELOAD`` imported), not a new interpreter: a
+    spawned child imports the service's libraries anew, a second of CPU each time (a test
+    suite starts services hundreds of times). Its parent is then the fork server, which
+    ends with this process."""
+    if forked:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe(duplex=True)  # a socket pair
+    process = ctx.Process(target=target, args=(theirs, *args), name=name, daemon=True)
+    process.start()
+    theirs.close()
+    reader, writer = await asyncio.open_unix_connection(sock=_socket_of(mine))
+    return process, reader, writer
+
+
+def _socket_of(conn: Connection) -> socket.socket:
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    conn.close()
+    return sock
+
+
+async def connection_streams(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """In a child of ``spawn_child``: its connection as asyncio streams."""
+    return await asyncio.open_unix_connection(sock=_socket_of(conn))
+
+
+def write_frame(writer: asyncio.StreamWriter, obj: Any) -> None:
+    """``obj`` pickled, behind its size (buffered: ``drain`` where the peer may lag)."""
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    writer.write(_SIZE.pack(len(data)) + data)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next object ``write_frame`` wrote (IncompleteReadError: the peer is gone)."""
+    (size,) = _SIZE.unpack(await reader.readexactly(_SIZE.size))
+    return pickle.loads(await reader.readexactly(size))
 
 
 class WorkerDied(RuntimeError):
@@ -118,19 +171,9 @@ class WorkerProcesses:
             await self._spawn(worker)
 
     async def _spawn(self, worker: _Worker) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        mine, theirs = ctx.Pipe(duplex=True)  # a socket pair
-        worker.process = ctx.Process(
-            target=_serve,
-            args=(theirs, os.getpid(), self.initializer),
-            name=f"{self.name}-{worker.index}",
-            daemon=True,
+        worker.process, reader, worker.writer = await spawn_child(
+            f"{self.name}-{worker.index}", _serve, (os.getpid(), self.initializer)
         )
-        worker.process.start()
-        theirs.close()
-        sock = socket.socket(fileno=os.dup(mine.fileno()))
-        mine.close()
-        reader, worker.writer = await asyncio.open_unix_connection(sock=sock)
         worker.reading = asyncio.create_task(
             self._read(worker, reader), name=f"{self.name}-{worker.index}-answers"
         )
@@ -148,11 +191,10 @@ class WorkerProcesses:
             raise WorkerDied(f"{self.name} has no worker running")
         worker = min(running, key=lambda w: len(w.pending))
         assert worker.writer is not None
-        job = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         worker.pending.append(future)
         try:
-            worker.writer.write(_SIZE.pack(len(job)) + job)
+            write_frame(worker.writer, (fn, args))
             await worker.writer.drain()
         except (ConnectionError, OSError):
             pass  # the worker is gone: its reader sees the end and fails the job
@@ -161,8 +203,7 @@ class WorkerProcesses:
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                (size,) = _SIZE.unpack(await reader.readexactly(_SIZE.size))
-                ok, value = pickle.loads(await reader.readexactly(size))
+                ok, value = await read_frame(reader)
                 future = worker.pending.popleft()
                 if future.done():
                     continue

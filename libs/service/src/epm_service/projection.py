@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -279,12 +280,10 @@ class Projector:
         self.max_batch = max_batch or projection.max_batch
         self.gather_up_to = min(projection.gather_up_to, self.max_batch)
         self.last_seq_of: dict[str, int] = {}
-        self._loop_conn: sqlite3.Connection | None = None
         self.position = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{projection.name}-writer")
-        self._reader = ThreadPoolExecutor(2, thread_name_prefix=f"{projection.name}-reader")
+        self.readers = Readers(path, projection.name)
         self._wconn: sqlite3.Connection | None = None
-        self._rconns: dict[int, sqlite3.Connection] = {}
         self._buf: list[StoredMsg] = []
         self._has_msgs = asyncio.Event()
         self._wake = asyncio.Event()  # ends a coalescing wait: a reader waits, or a full batch
@@ -309,6 +308,9 @@ class Projector:
         # sequences, not yet written, of those that matter
         self._settling: dict[Callable[[StoredMsg], bool], tuple[int, list[int]]] = {}
         self._reactions: set[asyncio.Task[None]] = set()
+        self.on_commit: Callable[[], None] | None = None
+        """Called after each batch is committed, and once it has caught up (a process
+        reporting to its parent, epm_service.projection_process). It must not wait."""
         self._filters: list[str] | None = None
         if projection.only_handled and filter_subject == ALL_EVENTS:
             self._filters = sorted(event_type_filter(cls.NAME) for cls in projection.handlers())
@@ -376,12 +378,7 @@ class Projector:
         self._checkpointer.shutdown(wait=True)
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown(wait=True)
-        self._reader.shutdown(wait=True)
-        for conn in self._rconns.values():
-            conn.close()
-        if self._loop_conn is not None:
-            self._loop_conn.close()
-            self._loop_conn = None
+        self.readers.close()
 
     async def wait_caught_up(self, timeout: float | None = None) -> None:
         """Until everything that was in the stream at start is applied."""
@@ -408,6 +405,8 @@ class Projector:
         delivered = cinfo.delivered.stream_seq if cinfo.delivered else 0
         if not cinfo.num_pending and not self._buf and self.position >= (delivered or 0):
             self._caught_up.set()
+            if self.on_commit is not None:
+                self.on_commit()
 
     @property
     def caught_up(self) -> bool:
@@ -494,17 +493,17 @@ class Projector:
         """Run a query on a read connection off the event loop, after writing what the
         projection has received (a batch gathering for ``coalesce_seconds``): a query
         answers with every event this service has seen, as if nothing were gathered."""
-        await self._write_received()
+        await self.write_received()
         return await self.read_committed(fn)
 
     async def read_committed(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a query on a read connection off the event loop, on what is committed: what
         is still gathering stays gathering. For a worker that follows the projection's
         commits (``wait_past``) and must not end every gathering it follows."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, self._read, fn)
+        return await self.readers.read(fn)
 
-    async def _write_received(self, timeout: float = 5.0) -> None:
+    async def write_received(self, timeout: float = 5.0) -> None:
+        """Until what the consumer has received so far is committed (a gathering ends)."""
         received = self._last_seq
         if self.position >= received or self._task is None:
             return
@@ -521,10 +520,7 @@ class Projector:
         belongs in ``read``. WAL readers never wait for the writer. It sees what is
         committed, not a batch still gathering: ``wait_for`` first where that matters.
         """
-        if self._loop_conn is None:
-            self._loop_conn = sqlite3.connect(self.path, check_same_thread=False)
-            self._loop_conn.execute("PRAGMA busy_timeout=5000")
-        return fn(self._loop_conn)
+        return self.readers.read_now(fn)
 
     # --- what is received, as it comes ---------------------------------------
 
@@ -664,6 +660,8 @@ class Projector:
                     "projection caught up",
                     extra={"projection": self.projection.name, "position": self.position},
                 )
+            if self.on_commit is not None:
+                self.on_commit()
             async with self._advanced:
                 self._advanced.notify_all()
 
@@ -830,15 +828,46 @@ class Projector:
                 rejected.append(Rejected(m, "handler_error", f"{type(exc).__name__}: {exc}"))
         return rejected
 
-    # --- reader threads ---------------------------------------------------
+
+class Readers:
+    """Read connections of a projection's file: two reader threads, and one on the event
+    loop for small indexed queries. WAL readers never wait for the writer, whichever
+    process writes."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix=f"{name}-reader")
+        self._conns: dict[int, sqlite3.Connection] = {}
+        self._loop_conn: sqlite3.Connection | None = None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on a reader thread's connection, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, fn)
+
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the loop's own connection, right here."""
+        if self._loop_conn is None:
+            self._loop_conn = _read_connection(self.path)
+        return fn(self._loop_conn)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        import threading
-
         key = threading.get_ident()
-        conn = self._rconns.get(key)
+        conn = self._conns.get(key)
         if conn is None:
-            conn = sqlite3.connect(self.path, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._rconns[key] = conn
+            conn = self._conns[key] = _read_connection(self.path)
         return fn(conn)
+
+
+def _read_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn

@@ -27,6 +27,7 @@ from epm_service.jsonlog import setup_logging
 from epm_service.metrics import LOOP_LAG_SECONDS
 from epm_service.natsauth import service_inbox_prefix
 from epm_service.projection import Projection, Projector
+from epm_service.projection_process import OwnProcess, ProjectionProcess, ProjectionProcessFailed
 from epm_service.publisher import EventPublisher
 from epm_service.rpc import CommandHandler, RpcServer
 from epm_service.secretbox import SecretBoxError
@@ -42,6 +43,7 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     TlsSettingsError,
     NatsSettingsError,
     SecretBoxError,
+    ProjectionProcessFailed,
 )
 """What stops a process at start with one sentence that says what to do (``cannot start:
 ...``, exit 1), not a traceback: each message names the setting or the step."""
@@ -84,12 +86,17 @@ class ServiceContext:
     bus: Bus
     publisher: EventPublisher
     projectors: dict[str, Projector] = field(default_factory=dict)
+    processes: dict[str, ProjectionProcess] = field(default_factory=dict)
+    """Projections written in processes of their own (``ServiceDefinition.own_processes``)."""
     workers: list[Worker] = field(default_factory=list)
     connections: dict[str, Bus] = field(default_factory=dict)
     """The service's other connections (``connection``), by purpose: readiness checks them."""
 
     def projector(self, name: str) -> Projector:
         return self.projectors[name]
+
+    def projection_process(self, name: str) -> ProjectionProcess:
+        return self.processes[name]
 
     async def connection(self, purpose: str) -> Bus:
         """Another connection of this service (its credentials and inbox prefix), for
@@ -108,6 +115,9 @@ class ServiceContext:
 class ServiceDefinition:
     name: str
     projections: Sequence[Callable[[ServiceContext], Projection]] = ()
+    own_processes: Sequence[OwnProcess] = ()
+    """Projections each written in a process of its own (epm_service.projection_process),
+    started before ``projections``."""
     commands: Callable[[ServiceContext], Mapping[str, CommandHandler]] = lambda ctx: {}
     on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
     streams: tuple[str, ...] = tuple(s.name for s in ALL_STREAMS)
@@ -129,6 +139,9 @@ class RunningService:
         for name, p in self.ctx.projectors.items():
             if not p.caught_up:
                 return False, f"projection {name} is catching up"
+        for name, process in self.ctx.processes.items():
+            if not process.caught_up:
+                return False, f"projection {name} is catching up (or its process restarting)"
         return True, ""
 
     async def stop(self) -> None:
@@ -140,6 +153,8 @@ class RunningService:
                 await w.stop()
         for p in self.ctx.projectors.values():
             await p.stop()
+        for process in self.ctx.processes.values():
+            await process.stop()
         await self.ctx.bus.close()
 
 
@@ -159,20 +174,31 @@ async def start_service(defn: ServiceDefinition, settings: Settings) -> RunningS
         bus=bus,
         publisher=EventPublisher(bus.js, service_source(defn.name)),
     )
-    for make in defn.projections:
-        projection = make(ctx)
-        projector = Projector(
-            bus.js,
-            projection,
-            settings.db_path(f"{defn.name}-{projection.name}"),
-            service=defn.name,
-        )
-        ctx.projectors[projection.name] = projector
-        await projector.start()
-    rpc = RpcServer(bus.nc, defn.name, defn.commands(ctx))
-    await rpc.start()
-    if defn.on_start is not None:
-        await defn.on_start(ctx)
+    try:
+        for spec in defn.own_processes:
+            process = ProjectionProcess(
+                spec, settings, defn.name, settings.db_path(f"{defn.name}-{spec.name}")
+            )
+            ctx.processes[spec.name] = process
+            await process.start()
+        for make in defn.projections:
+            projection = make(ctx)
+            projector = Projector(
+                bus.js,
+                projection,
+                settings.db_path(f"{defn.name}-{projection.name}"),
+                service=defn.name,
+            )
+            ctx.projectors[projection.name] = projector
+            await projector.start()
+        rpc = RpcServer(bus.nc, defn.name, defn.commands(ctx))
+        await rpc.start()
+        if defn.on_start is not None:
+            await defn.on_start(ctx)
+    except BaseException:
+        for process in ctx.processes.values():  # not left running behind a failed start
+            await process.stop()
+        raise
     return RunningService(ctx, rpc, [])
 
 

@@ -4,10 +4,11 @@ request-svc appends RequestCreated and waits; approval-svc reacts to every new
 RequestCreated (epm_approval.decisions.Decisions.on_request_created) and either decides it
 at once, a one-time grant or a rule appending Approved/Denied on the request's subject, or
 says on ``UNDECIDED_NOTICE`` that nothing decides it and it waits for a technician.
-request-svc learns of the decision from its own store's consumer the moment it is
-received (``Projector.observe``, before it is written), so no command crosses between the
-two services on the way: four message transfers fewer per request than a call and its
-reply, on a machine where each one wakes a process (bench/README.md, "Online request").
+request-svc learns of the decision the moment EPM_EVENTS stores it, from a consumer of
+the decisions alone (``epm_service.event_watch.EventWatch``; its store is written in a
+process of its own), so no command crosses between the two services on the way: four
+message transfers fewer per request than a call and its reply, on a machine where each one
+wakes a process (bench/README.md, "Online request").
 
 Nothing here is the truth: a waiter that hears nothing for ``DECISION_WAIT_SECONDS``
 (approval-svc down or far behind) answers from the store, ``open`` for a request nobody
@@ -35,8 +36,9 @@ from epm_events.subjects import (
     UNDECIDED_NOTICE,
     parse_event_subject,
 )
-from epm_service.projection import Projector, StoredMsg
-from nats.aio.client import Client
+from epm_service.bus import Bus
+from epm_service.event_watch import EventWatch
+from epm_service.projection import StoredMsg, decode_received
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
@@ -66,12 +68,13 @@ class PendingAnswers:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[RequestAnswer | None]] = {}
         self._subs: list[Any] = []
-        self._store: Projector | None = None
+        self._watch: EventWatch | None = None
         self._deciding_heard: float | None = None  # monotonic; None: not started
 
-    async def start(self, nc: Client, store: Projector) -> None:
-        self._store = store
-        store.observe(ENDINGS, self.on_request_ended)
+    async def start(self, bus: Bus) -> None:
+        nc = bus.nc
+        self._watch = EventWatch(bus.js, ENDINGS, self.on_request_ended)
+        await self._watch.start()
         self._deciding_heard = time.monotonic()  # as if heard now: silent from here on
         # Not queue groups: the replica whose agent waits is the one that must hear them.
         self._subs = [
@@ -83,6 +86,9 @@ class PendingAnswers:
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs = []
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
 
     @property
     def nobody_decides(self) -> bool:
@@ -123,14 +129,14 @@ class PendingAnswers:
         self._waiting.pop(request_id, None)
 
     def on_request_ended(self, m: StoredMsg) -> None:
-        """A decision or an expiry, as the store's consumer receives it."""
+        """A decision or an expiry, as EPM_EVENTS stores it."""
         if not self._waiting:
             return
         waiting = self._waiting.get(parse_event_subject(m.subject).aggregate_id)
-        if waiting is None or waiting.done() or self._store is None:
+        if waiting is None or waiting.done():
             return
         try:
-            _, event = self._store.decoded(m)
+            _, event = decode_received(m)
         except DecodeError:
             return  # the store dead-letters it; the waiter answers from the store
         if isinstance(event, Approved | Denied | RequestExpired):

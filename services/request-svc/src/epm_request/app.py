@@ -2,7 +2,8 @@
 
 Where things go (the handler table of this service):
 
-- projection ``store`` (epm_request.store.RequestStore), from EPM_EVENTS:
+- projection ``store`` (epm_request.store.RequestStore), from EPM_EVENTS, in a process of
+  its own (epm_service.projection_process; the service reads its file):
   TenantCreated, EnrollmentTokenCreated, EnrollmentTokenUsed, DeviceEnrolled,
   DeviceRevoked, RequestCreated, Approved, Denied, RequestExpired, the offline
   records (device_log), OfflineCodeIssued (issued_codes), TokenIssued and
@@ -10,7 +11,7 @@ Where things go (the handler table of this service):
   are queued to devices (outbox -> EPM_DEVICE ``epm.device.<t>.<d>.decision``).
 - intake (epm_request.intake.AgentIntake), from EPM_AGENT:
   ``ElevationRequested`` -> RequestCreated, then the answer on the agent's
-  ``Epm-Reply-To``: approval-svc's decision at once as the store receives it, or ``open``
+  ``Epm-Reply-To``: approval-svc's decision at once as EPM_EVENTS stores it, or ``open``
   on its ``UNDECIDED_NOTICE`` (epm_request.answers); ``OfflineLogBatch`` -> OfflineCodeRedeemed,
   ElevationPerformed, AdminSessionStarted, AdminSessionEnded on the device aggregate
   (epm_request.replay, exactly once per (device, seq); gaps, forks, tampering and code
@@ -29,7 +30,7 @@ Where things go (the handler table of this service):
 
 from __future__ import annotations
 
-from epm_service.outbox import OutboxRelay
+from epm_service.projection_process import OwnProcess
 from epm_service.runtime import ServiceContext, ServiceDefinition, main
 
 from epm_request.commands import RequestCommands
@@ -42,15 +43,18 @@ NAME = "request-svc"
 
 
 async def start_workers(ctx: ServiceContext) -> None:
-    await ctx.start_worker(OutboxRelay(ctx.bus.js, ctx.projector(RequestStore.name)))
     await ctx.start_worker(AgentIntake(ctx))
     await ctx.start_worker(ExpiryScheduler(ctx))
-    await ctx.start_worker(DeviceCredentials(ctx.settings, ctx.projector(RequestStore.name)))
+    await ctx.start_worker(
+        DeviceCredentials(ctx.settings, ctx.projection_process(RequestStore.name))
+    )
 
 
 DEFINITION = ServiceDefinition(
     name=NAME,
-    projections=[lambda ctx: RequestStore()],
+    # Written in a process of its own (it also relays the decisions to devices): the event
+    # loop every online answer waits for carries the intake and the answers alone.
+    own_processes=[OwnProcess(RequestStore, relay_outbox=True)],
     commands=lambda ctx: RequestCommands(ctx).table(),
     on_start=start_workers,
 )

@@ -41,7 +41,7 @@ DEVICE_CURSOR = "devices"  # the device list's cursors (epm_service.paging)
 class RequestCommands:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.store = ctx.projector(RequestStore.name)
+        self.store = ctx.projection_process(RequestStore.name)
         self.credentials = DeviceCredentials(ctx.settings, self.store)
         ctx.workers.append(self.credentials)  # stopped with the service (its NATS connection)
 

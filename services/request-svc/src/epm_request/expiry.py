@@ -26,7 +26,7 @@ class ExpiryScheduler(TaskWorker):
 
     def __init__(self, ctx: ServiceContext, interval: float = 1.0) -> None:
         self.ctx = ctx
-        self.store = ctx.projector(store.RequestStore.name)
+        self.store = ctx.projection_process(store.RequestStore.name)
         self.interval = interval
 
     async def _run(self) -> None:

@@ -107,7 +107,7 @@ class AgentIntake:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.js = ctx.bus.js
-        self.store = ctx.projector(store.RequestStore.name)
+        self.store = ctx.projection_process(store.RequestStore.name)
         self._sub: Any = None
         self._deliveries: Bus | None = None
         self._chains: dict[str, asyncio.Future[None]] = {}
@@ -165,7 +165,7 @@ class AgentIntake:
         # Judge no device before the store knows every device: after a restart or a
         # rebuilt store, an enrolled device would otherwise look unknown (a false alert).
         await self.store.wait_caught_up()
-        await self.answers.start(self.ctx.bus.nc, self.store)
+        await self.answers.start(self.ctx.bus)
         await self.replay.start()
         # Deliveries come on a connection of their own. On the service's connection a
         # storm's uploads (a thousand of ~50 KB at once) queued ahead of the

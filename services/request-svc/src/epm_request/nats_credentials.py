@@ -29,7 +29,7 @@ import orjson
 from epm_service.errors import Unavailable
 from epm_service.metrics import NATS_ACCOUNT_JWT_BYTES, NATS_REVOKED_USERS
 from epm_service.natsauth import CLAIMS_UPDATE, Issuer, NatsAuthError, decode_jwt
-from epm_service.projection import Projector
+from epm_service.projection_process import ProjectionProcess
 from epm_service.settings import Settings
 from epm_service.tls import nats_client_context, public_nats_ca
 from epm_service.worker import cancel_and_wait
@@ -75,7 +75,7 @@ def revoked_integrators(conn: sqlite3.Connection) -> list[str]:
 
 
 class DeviceCredentials:
-    def __init__(self, settings: Settings, store: Projector) -> None:
+    def __init__(self, settings: Settings, store: ProjectionProcess) -> None:
         self.settings = settings
         self.store = store
         self.issuer = Issuer.load(settings.nats_issuer) if settings.nats_issuer else None

@@ -42,12 +42,12 @@ from epm_events.ids import derived_event_id
 from epm_events.streams import DEVICE, EVENTS
 from epm_events.subjects import AgentSubject, aggregate_filter, device_subject
 from epm_service.errors import CommandError
+from epm_service.natsfast import MSG_ID
 from epm_service.principal import SYSTEM
 from epm_service.processes import WorkerDied, WorkerProcesses
-from epm_service.projection import Projector
+from epm_service.projection_process import ProjectionProcess
 from epm_service.publisher import (
     EXPECTED_STREAM,
-    MSG_ID,
     PUBLISH_ACK_TIMEOUT,
     BulkPublisher,
     ConcurrencyConflict,
@@ -86,7 +86,7 @@ class ReplayOutcome:
 
 
 class OfflineReplay:
-    def __init__(self, ctx: ServiceContext, projector: Projector) -> None:
+    def __init__(self, ctx: ServiceContext, projector: ProjectionProcess) -> None:
         self.ctx = ctx
         self.js = ctx.bus.js
         self.store = projector
