@@ -15,7 +15,7 @@ import time
 
 from epm_events.streams import EVENTS, StreamSpec
 from epm_service.bus import Bus
-from epm_service.publisher import MSG_ID
+from epm_service.natsfast import MSG_ID
 from epm_service.streams import apply_streams
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError

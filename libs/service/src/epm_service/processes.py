@@ -28,6 +28,7 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
@@ -79,9 +80,11 @@ async def spawn_child(
     spawned child imports the service's libraries anew, a second of CPU each time (a test
     suite starts services hundreds of times). Its parent is then the fork server, which
     ends with this process."""
+    ctx: BaseContext
     if forked:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+        forkserver = multiprocessing.get_context("forkserver")
+        forkserver.set_forkserver_preload(FORKSERVER_PRELOAD)
+        ctx = forkserver
     else:
         ctx = multiprocessing.get_context("spawn")
     mine, theirs = ctx.Pipe(duplex=True)  # a socket pair
