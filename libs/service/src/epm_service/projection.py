@@ -78,8 +78,8 @@ alone and cost a commit of its own (every b-tree page it touched written to the 
 per request); gathered under load, a commit carries several and shares their pages
 (bench/README.md, "Online request"). 5 ms at first; 20 ms took another 5% of the CPU per
 online request across the services (session 8), and nothing waits on it: a read or a
-``wait_for`` writes what is gathered at once, and request-svc answers agents from what its
-consumer receives (``Projector.observe``), not from what is written."""
+``wait_for`` writes what is gathered at once, and request-svc answers agents from what a
+consumer of the decisions receives (epm_service.event_watch), not from what is written."""
 
 
 class StoredMsg(NamedTuple):
@@ -536,8 +536,8 @@ class Projector:
     def observe(self, names: Iterable[str], fn: Callable[[StoredMsg], None]) -> None:
         """Call ``fn`` for every event of these names the consumer delivers from now on, in
         nats-py's read loop as it is received, before it is written: for a waiter that only
-        needs to learn that the event exists (request-svc's answer to an agent). It must
-        not wait, and it sees replays too."""
+        needs to learn that the event exists (``react`` is built on it). It must not wait,
+        and it sees replays too."""
         for name in names:
             self._observers.setdefault(name, []).append(fn)
 
