@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import pytest
@@ -204,13 +205,22 @@ async def test_request_is_open_when_nobody_answers(
 
 
 def technician_decides(
-    bus: Bus, svc: RequestSvcStandIn, answer: Callable[[str], RequestAnswer]
+    bus: Bus,
+    svc: RequestSvcStandIn,
+    status: Literal["approved", "denied"],
+    scope: str | None = None,
 ) -> asyncio.Task[None]:
-    """A technician who decides the first request the stand-in receives, on EPM_DEVICE."""
+    """Technician tom, who decides the first request the stand-in receives, on EPM_DEVICE."""
 
     async def decide() -> None:
         await until(lambda: bool(svc.received))
-        await send_decision(bus, answer(request_id_for(svc.received[0].msg_id)))
+        request_id = request_id_for(svc.received[0].msg_id)
+        await send_decision(
+            bus,
+            RequestAnswer(
+                request_id=request_id, status=status, decided_by="technician:tom", scope=scope
+            ),
+        )
 
     return asyncio.create_task(decide())
 
@@ -220,13 +230,7 @@ async def test_request_wait_picks_up_a_technician_decision(
 ) -> None:
     svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
     await svc.start()
-    decided = technician_decides(
-        bus,
-        svc,
-        lambda request_id: RequestAnswer(
-            request_id=request_id, status="denied", decided_by="technician:tom"
-        ),
-    )
+    decided = technician_decides(bus, svc, "denied")
     outcome = await agent.request(
         "/usr/bin/tool", sha256=SHA, user="alice", reason="x", wait_seconds=20
     )
@@ -244,13 +248,7 @@ async def test_a_once_approval_the_user_waited_for_is_reported_used_once_signed(
 ) -> None:
     svc = RequestSvcStandIn(bus, public_key_of(state_dir), left_open)
     await svc.start()
-    decided = technician_decides(
-        bus,
-        svc,
-        lambda request_id: RequestAnswer(
-            request_id=request_id, status="approved", decided_by="technician:tom", scope="once"
-        ),
-    )
+    decided = technician_decides(bus, svc, "approved", scope="once")
     outcome = await agent.request(
         "/usr/bin/tool", sha256=SHA, user="alice", reason="x", wait_seconds=20
     )

@@ -59,6 +59,16 @@ def gateway_process(
     log.close()
 
 
+async def ready_gateway(
+    gateway_process: tuple[subprocess.Popen[bytes], str], token_file: Path
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """The gateway process once it is ready, its URL, and the bootstrap token's headers."""
+    proc, url = gateway_process
+    token = token_file.read_text().strip()  # noqa: ASYNC240 (a small local file)
+    await wait_ready(proc, url)
+    return proc, url, {"Authorization": f"Bearer {token}"}
+
+
 async def wait_ready(
     proc: subprocess.Popen[bytes],
     url: str,
@@ -81,10 +91,7 @@ async def wait_ready(
 async def test_gateway_process_serves_http_and_stops_on_sigterm(
     gateway_process: tuple[subprocess.Popen[bytes], str], token_file: Path
 ) -> None:
-    proc, url = gateway_process
-    token = token_file.read_text().strip()  # noqa: ASYNC240 (a small local file)
-    await wait_ready(proc, url)
-    headers = {"Authorization": f"Bearer {token}"}
+    proc, url, headers = await ready_gateway(gateway_process, token_file)
     async with httpx.AsyncClient(base_url=url, headers=headers) as client:
         r = await client.post("/v1/tenants", json={"id": "acme", "name": "Acme"})
         assert r.status_code == 201, r.text
@@ -97,10 +104,7 @@ async def test_gateway_process_serves_http_and_stops_on_sigterm(
 async def test_sigterm_ends_open_event_streams_and_the_gateway_exits_within_seconds(
     gateway_process: tuple[subprocess.Popen[bytes], str], token_file: Path
 ) -> None:
-    proc, url = gateway_process
-    token = token_file.read_text().strip()  # noqa: ASYNC240 (a small local file)
-    await wait_ready(proc, url)
-    headers = {"Authorization": f"Bearer {token}"}
+    proc, url, headers = await ready_gateway(gateway_process, token_file)
     async with (
         asyncio.timeout(30),
         httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client,

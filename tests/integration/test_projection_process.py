@@ -21,6 +21,8 @@ from epm_service.publisher import EventPublisher
 from epm_service.settings import Settings
 from epm_service.tenants import TenantDirectory
 
+from tests.e2e.devstack import process_alive
+
 pytestmark = pytest.mark.integration
 
 SPEC = OwnProcess(TenantDirectory)
@@ -35,15 +37,6 @@ async def add_tenant(bus: Bus, tenant: str) -> int:
         tenant, [TenantCreated(tenant_id=tenant, name=tenant, created_by="test")], 0
     )
     return appended.seq
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended too
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_the_service_reads_what_its_projection_process_applied(
@@ -87,7 +80,7 @@ async def test_a_killed_projection_process_starts_again_and_goes_on(
             raise AssertionError("no new child applied the event within 30 s")
         assert store.pid != killed
         assert store.read_now(tenants) == ["acme", "globex"]
-        assert not running(killed)
+        assert not process_alive(killed)
     finally:
         await store.stop()
 
@@ -96,9 +89,9 @@ async def test_stopping_the_service_side_ends_the_child(bus: Bus, settings: Sett
     store = ProjectionProcess(SPEC, settings, "test-svc", settings.db_path("test-svc-tenants"))
     await store.start()
     pid = store.pid
-    assert pid is not None and running(pid)
+    assert pid is not None and process_alive(pid)
     await store.stop()
-    assert not running(pid)
+    assert not process_alive(pid)
     assert not await store.wait_for(10**9, timeout=0.1)  # nobody left to ask: no answer
 
 
