@@ -11,7 +11,8 @@ file (WAL: readers never wait for the writer) and learns the child's position fr
 
 ``ProjectionProcess`` is what the service holds: the reading side of a ``Projector``
 (``position``, ``caught_up``, ``last_seq_of``, ``wait_for``, ``wait_past``, ``read``,
-``read_committed``, ``read_now``). The child tells it its position after every commit;
+``read_committed``, ``read_now``). The child tells it its position after commits (at once
+when a watched event moved, otherwise at most every ``REPORT_SECONDS``);
 ``wait_for`` and ``read`` ask the child, which then writes what it has received at once
 (read-your-writes, as in-process). A child that ends is started again (after
 ``RESTART_SECONDS``); meanwhile reads see what is committed and waits for more time out.
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from epm_service.processes import connection_streams, read_frame, spawn_child, write_frame
-from epm_service.projection import Projection, Readers
+from epm_service.projection import Projection, Projector, Readers
 from epm_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ CHILD_NICENESS = 10
 device's decision on EPM_DEVICE) waits milliseconds at most, while every online answer
 waits behind whatever runs on the service's core."""
 STOP_SECONDS = 10.0
+REPORT_SECONDS = 0.05
+"""After a commit that changed nothing the service acts on at once (a watched event, caught
+up), the child tells its position at most this often: at an online request's pace every
+report woke the service twice per request, to learn a position nothing on that path reads.
+What waits for a position asks the child instead (``wait_for``, ``read``), and is answered
+when it is reached."""
 
 
 @dataclass(frozen=True)
@@ -341,18 +348,13 @@ async def _child(
     conn: Connection, spec: OwnProcess, settings: Settings, service: str, path: Path
 ) -> None:
     from epm_service.outbox import OutboxRelay
-    from epm_service.projection import Projector
     from epm_service.runtime import connect_service
 
     reader, writer = await connection_streams(conn)
     bus = await connect_service(settings, service, spec.name)
     projector = Projector(bus.js, spec.projection(), path, service=service)
-    told: dict[str, int] = {}
-
-    def report(kind: str, token: int = 0, ok: bool = True) -> None:
-        changed = {k: v for k, v in projector.last_seq_of.items() if told.get(k) != v}
-        told.update(changed)
-        write_frame(writer, (kind, token, ok, projector.position, projector.caught_up, changed))
+    reports = _Reports(writer, projector)
+    report = reports.send
 
     async def answer_wait(token: int, seq: int, timeout: float) -> None:
         ok = await projector.wait_for(seq, timeout)
@@ -366,7 +368,7 @@ async def _child(
         await projector.wait_caught_up()
         report("at")
 
-    projector.on_commit = lambda: report("at")
+    projector.on_commit = reports.committed
     relay = OutboxRelay(bus.js, projector) if spec.relay_outbox else None
     tasks: set[asyncio.Task[None]] = set()
     try:
@@ -393,6 +395,52 @@ async def _child(
         if relay is not None:
             with contextlib.suppress(Exception):
                 await relay.stop()
+        reports.cancel()
         await projector.stop()
         await bus.close()
         writer.close()
+
+
+class _Reports:
+    """The child's reports to the service. A commit that moved a watched event
+    (``last_seq_of``: a DeviceRevoked) or changed ``caught_up`` is told at once; a commit
+    that only moved the position, at most every ``REPORT_SECONDS`` (the last one always,
+    within that time)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, projector: Projector) -> None:
+        self.writer = writer
+        self.projector = projector
+        self._told: dict[str, int] = {}
+        self._told_caught_up = False
+        self._last = 0.0
+        self._due: asyncio.TimerHandle | None = None
+
+    def send(self, kind: str, token: int = 0, ok: bool = True) -> None:
+        p = self.projector
+        changed = {k: v for k, v in p.last_seq_of.items() if self._told.get(k) != v}
+        self._told.update(changed)
+        self._told_caught_up = p.caught_up
+        self._last = asyncio.get_running_loop().time()
+        self.cancel()
+        write_frame(self.writer, (kind, token, ok, p.position, p.caught_up, changed))
+
+    def committed(self) -> None:
+        p = self.projector
+        loop = asyncio.get_running_loop()
+        urgent = p.caught_up != self._told_caught_up or any(
+            self._told.get(k) != v for k, v in p.last_seq_of.items()
+        )
+        wait = self._last + REPORT_SECONDS - loop.time()
+        if urgent or wait <= 0:
+            self.send("at")
+        elif self._due is None:
+            self._due = loop.call_later(wait, self._send_due)
+
+    def _send_due(self) -> None:
+        self._due = None
+        self.send("at")
+
+    def cancel(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
