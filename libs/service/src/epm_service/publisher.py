@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -73,13 +74,15 @@ class RecentlyAppended:
     not here); a few megabytes at most."""
 
     def __init__(self) -> None:
-        self._by_id: dict[str, tuple[bytes, Envelope, Event]] = {}
+        # An OrderedDict: a plain dict's oldest key, ``next(iter(d))``, walks past the slots
+        # of every key deleted before it (about 1 µs an append here, against 0.2).
+        self._by_id: OrderedDict[str, tuple[bytes, Envelope, Event]] = OrderedDict()
 
     def remember(self, payload: bytes, env: Envelope, event: Event) -> None:
         by_id = self._by_id
         if len(by_id) >= self.LIMIT:
-            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                del by_id[next(iter(by_id))]  # the oldest
+            with contextlib.suppress(KeyError):
+                by_id.popitem(last=False)  # the oldest
         by_id[env.id] = (payload, env, event)
 
     def get(self, msg_id: str | None, payload: bytes) -> tuple[Envelope, Event] | None:
