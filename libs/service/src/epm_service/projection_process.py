@@ -82,7 +82,7 @@ class ProjectionProcessFailed(RuntimeError):
 
 
 # A report of the child: (kind, token, ok, position, caught_up, last_seq_of). kind "open"
-# once the file is open, "at" after each commit, "done" answering the service's request
+# once the file is open, "at" after commits (``_Reports``), "done" answering the service's request
 # ``token`` (ok: whether what was asked for is applied).
 Report = tuple[str, int, bool, int, bool, dict[str, int]]
 
