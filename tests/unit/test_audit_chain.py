@@ -12,6 +12,8 @@ from epm_audit.chain import (
     AuditRecord,
     ChainHead,
     canonical_record,
+    chain_hash,
+    link,
     seal,
     verify_chain,
 )
@@ -57,6 +59,45 @@ def test_canonical_record_is_rfc8785(seq: int, chain_seq: int, received_ns: int,
     )
     reference = rfc8785.dumps({**fields, "received_ns": str(received_ns)})
     assert canonical_record(**fields) == reference  # type: ignore[arg-type]
+
+
+@given(
+    text=st.one_of(
+        st.text(),
+        st.from_regex(r"[a-z0-9_.-]{1,40}", fullmatch=True),
+        st.sampled_from(['a"b', "a\\b", "a\x7fb", "a\xa0b", "a\u2028b", "tab\there", "é"]),
+    ),
+    received_ns=st.integers(0, 2**63 - 1),
+)
+def test_chain_hash_is_link_of_the_canonical_record(text: str, received_ns: int) -> None:
+    """The ingest's one-step hash (plain text the short way, anything to escape the long
+    way) is the chain's definition: link(prev_hash, canonical_record(...))."""
+    event = text.encode("utf-8", "surrogatepass")
+    fields = dict(
+        seq=7,
+        event_id=text,
+        tenant=text[:5],
+        type=text[::-1],
+        subject=f"epm.evt.{text}",
+        received_ns=received_ns,
+        chain_seq=3,
+    )
+    canonical = canonical_record(**fields, event_sha256=hashlib.sha256(event).hexdigest())  # type: ignore[arg-type]
+    expected = link(GENESIS, canonical)
+    assert (
+        chain_hash(
+            GENESIS,
+            7,
+            text,
+            text[:5],
+            text[::-1],
+            f"epm.evt.{text}",
+            received_ns,
+            3,
+            event,
+        )
+        == expected
+    )
 
 
 def test_record_hash_is_sha256_of_prev_hash_and_canonical_record() -> None:

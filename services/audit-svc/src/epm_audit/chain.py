@@ -22,7 +22,6 @@ with ``sha256sum``: ``printf '%s%s' "$prev_hash" "$canonical" | sha256sum``.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,7 +31,14 @@ GENESIS = "0" * 64
 """``prev_hash`` of the first record of every chain."""
 
 _sha256 = hashlib.sha256
-_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _plain(text: str) -> bool:
+    """Nothing in ``text`` that JSON escapes: no control character, quote or backslash.
+    ``str.isprintable`` is False for every control character (and for a few other
+    characters, which then take the long way: always right, only slower). Half the time
+    of a regular-expression search, per record of the ingest."""
+    return text.isprintable() and '"' not in text and "\\" not in text
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ def canonical_record(
     escapes are RFC 8785's. ``test_audit_chain`` checks both paths against
     the ``rfc8785`` reference implementation.
     """
-    if _NEEDS_ESCAPE.search(f"{event_id}{subject}{tenant}{type}") is None:
+    if _plain(f"{event_id}{subject}{tenant}{type}"):
         return (
             f'{{"chain_seq":{chain_seq},"event_id":"{event_id}","event_sha256":"{event_sha256}",'
             f'"received_ns":"{received_ns}","seq":{seq},"subject":"{subject}",'
@@ -129,7 +135,7 @@ def chain_hash(
     built in one go; ``test_audit_chain`` checks it against the long way.
     """
     event_sha256 = _sha256(event).hexdigest()
-    if _NEEDS_ESCAPE.search(f"{event_id}{subject}{tenant}{type}") is None:
+    if _plain(f"{event_id}{subject}{tenant}{type}"):
         return _sha256(
             f'{prev_hash}{{"chain_seq":{chain_seq},"event_id":"{event_id}",'
             f'"event_sha256":"{event_sha256}","received_ns":"{received_ns}","seq":{seq},'
