@@ -1,6 +1,8 @@
 """The raw nats-py ceilings (DESIGN.md, "Performance targets"), measured in the same run.
 
-No framework, no parsing, no storage:
+No framework, no parsing, no storage, and nats-py as it ships: each ceiling runs with
+``epm_service.natsfast``'s replacements taken out (``pristine``; until session 15 the
+ceilings had its header parser and dispatch, which made them higher than nats-py's own):
 - consume: an ordered consumer whose callback only counts;
 - publish: ``publish_async`` of pre-built payloads (with their ``Nats-Msg-Id``,
   as every EPM event carries one) to a file-stored stream configured like
@@ -11,11 +13,14 @@ No framework, no parsing, no storage:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 from epm_events.streams import EVENTS, StreamSpec
 from epm_service.bus import Bus
-from epm_service.natsfast import MSG_ID
+from epm_service.natsfast import MSG_ID, pristine
 from epm_service.streams import apply_streams
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -39,6 +44,22 @@ CEILING_STREAM = StreamSpec(
 )
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def raw_client(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Measure ``fn`` on nats-py as it ships (``natsfast.pristine``)."""
+
+    @functools.wraps(fn)
+    async def measured(*args: P.args, **kwargs: P.kwargs) -> T:
+        with pristine():
+            return await fn(*args, **kwargs)
+
+    return measured
+
+
+@raw_client
 async def consume_ceiling(bus: Bus, count: int, stream: str = EVENTS.name) -> Row:
     """msg/s of an ordered consumer over the first ``count`` messages of ``stream``."""
     done = asyncio.Event()
@@ -67,6 +88,7 @@ async def consume_ceiling(bus: Bus, count: int, stream: str = EVENTS.name) -> Ro
     return Row(CONSUME, round(count / elapsed, 1), "msg/s")
 
 
+@raw_client
 async def publish_ceiling(bus: Bus, events: list[Prepared]) -> Row:
     """msg/s of publish_async of the benchmark's own pre-built events to a stream like EPM_EVENTS."""
     await apply_streams(bus.js, specs=(CEILING_STREAM,))
@@ -83,6 +105,7 @@ async def publish_ceiling(bus: Bus, events: list[Prepared]) -> Row:
     return Row(PUBLISH, round(len(batch) / elapsed, 1), "msg/s")
 
 
+@raw_client
 async def request_ceiling(bus: Bus, responder: Bus, count: int) -> tuple[Row, Row]:
     """Sequential core request/reply: round trips per second and the p99 latency."""
     payload = b'{"tenant":"customer-001","request":"req-00000001"}'
