@@ -1,6 +1,6 @@
 """Faster receiving for nats-py, the same behaviour (installed by ``epm_service.bus``).
 
-Two replacements:
+Three replacements:
 
 - **Header parsing.** nats-py 2.16 parses every received message's headers in Python and
   checks each header name for whitespace with ``any(c.isspace() for c in key)``: a
