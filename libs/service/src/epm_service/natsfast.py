@@ -25,7 +25,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -315,27 +315,36 @@ def _msg_args(args: list[bytes], with_headers: bool) -> tuple[bytes, int, bytes,
         raise ProtocolError("nats: malformed MSG") from None
 
 
+_PATCHES: tuple[tuple[type, str, Any, Any], ...] = (
+    # (class, attribute, nats-py's, this module's)
+    (
+        Client,
+        "_parse_header_lines",
+        staticmethod(ORIGINAL_PARSE_HEADER_LINES),
+        staticmethod(parse_header_lines),
+    ),
+    (Client, "_process_msg", ORIGINAL_PROCESS_MSG, _process_msg),
+    (Parser, "parse", ORIGINAL_PARSE, parse),
+)
+
+
 @contextlib.contextmanager
 def pristine() -> Iterator[None]:
     """nats-py as it ships, within the block: the raw-client ceilings of ``bench/`` measure
-    the library, not this module (DESIGN.md: "what nats-py can do with no framework")."""
-    installed = [(cls, name, vars(cls)[name]) for cls, name in _REPLACED]
-    Client._parse_header_lines = staticmethod(ORIGINAL_PARSE_HEADER_LINES)  # type: ignore[method-assign]
-    Client._process_msg = ORIGINAL_PROCESS_MSG  # type: ignore[method-assign]
-    Parser.parse = ORIGINAL_PARSE  # type: ignore[method-assign]
+    the library, not this module (DESIGN.md: "what nats-py can do with no framework").
+    Whatever was there before is put back after it."""
+    before = [(cls, name, vars(cls)[name]) for cls, name, _, _ in _PATCHES]
+    for cls, name, theirs, _ in _PATCHES:
+        setattr(cls, name, theirs)
     try:
         yield
     finally:
-        for cls, name, attr in installed:
+        for cls, name, attr in before:
             setattr(cls, name, attr)
-
-
-_REPLACED = ((Client, "_parse_header_lines"), (Client, "_process_msg"), (Parser, "parse"))
 
 
 def install() -> None:
     """Replace nats-py's header parser, message dispatch and protocol parser, once per
     process; idempotent."""
-    Client._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign]
-    Client._process_msg = _process_msg  # type: ignore[method-assign]
-    Parser.parse = parse  # type: ignore[method-assign]
+    for cls, name, _, ours in _PATCHES:
+        setattr(cls, name, ours)
