@@ -82,8 +82,8 @@ class ProjectionProcessFailed(RuntimeError):
 
 
 # A report of the child: (kind, token, ok, position, caught_up, last_seq_of). kind "open"
-# once the file is open, "at" after commits (``_Reports``), "done" answering the service's request
-# ``token`` (ok: whether what was asked for is applied).
+# once the file is open, "at" after commits (``_Reports``), "done" answering the service's
+# request ``token`` (ok: whether what was asked for is applied).
 Report = tuple[str, int, bool, int, bool, dict[str, int]]
 
 
@@ -417,7 +417,7 @@ class _Reports:
 
     def send(self, kind: str, token: int = 0, ok: bool = True) -> None:
         p = self.projector
-        changed = {k: v for k, v in p.last_seq_of.items() if self._told.get(k) != v}
+        changed = self._untold()
         self._told.update(changed)
         self._told_caught_up = p.caught_up
         self._last = asyncio.get_running_loop().time()
@@ -425,16 +425,17 @@ class _Reports:
         write_frame(self.writer, (kind, token, ok, p.position, p.caught_up, changed))
 
     def committed(self) -> None:
-        p = self.projector
         loop = asyncio.get_running_loop()
-        urgent = p.caught_up != self._told_caught_up or any(
-            self._told.get(k) != v for k, v in p.last_seq_of.items()
-        )
+        urgent = self.projector.caught_up != self._told_caught_up or bool(self._untold())
         wait = self._last + REPORT_SECONDS - loop.time()
         if urgent or wait <= 0:
             self.send("at")
         elif self._due is None:
             self._due = loop.call_later(wait, self._send_due)
+
+    def _untold(self) -> dict[str, int]:
+        """The watched events whose last sequence moved since the last report."""
+        return {k: v for k, v in self.projector.last_seq_of.items() if self._told.get(k) != v}
 
     def _send_due(self) -> None:
         self._due = None
